@@ -1,0 +1,85 @@
+//! # softnce
+//!
+//! Classification losses with soft targets for CPUs: **soft-target InfoNCE** (Hugger &
+//! Uhlmann 2024, arXiv 2404.14076), hard InfoNCE, **soft-target cross-entropy** and **hard
+//! cross-entropy** with label smoothing and `ignore_index`, each computing the loss and its
+//! gradient in one call, for dense and structured targets (hard labels, MixUp/CutMix pairs,
+//! k-sparse rows), with `f32`, `f16` or `bf16` elements.
+//!
+//! ## The losses
+//! `Z` is `N × C` logits, `A` is `M × C` non-negative target weights, `t > 0` a temperature,
+//! `η` a noise distribution over classes (InfoNCE only, uniform by default), `p0` the offset
+//! of the positives (`p0 = 0`, `M = N` in one process).
+//!
+//! | loss | row loss `l_i` | `∂l_i/∂z_i` |
+//! |---|---|---|
+//! | [`SoftInfoNce`] | `logsumexp_j S_ij − S_{i,p0+i}`, `S_ij = Σ_c a_jc (z_ic/t − log η_c)` | `(Σ_j P_ij a_j − a_{p0+i}) / t`, `P = softmax_j S` |
+//! | [`SoftCrossEntropy`] | `(Σ_c a_ic)·logsumexp(z_i/t) − a_i·z_i/t` | `((Σ_c a_ic)·softmax(z_i/t) − a_i) / t` |
+//! | [`HardCrossEntropy`] | the same with `a_i = (1−ε) e_{y_i} + ε/C`; ignored rows: 0 | the same; ignored rows: 0 |
+//!
+//! [`Reduction::Mean`] divides the sum of row losses (and scales every gradient row) by `N`
+//! (hard CE: by the number of non-ignored rows), [`Reduction::Sum`] does not,
+//! [`Reduction::None`] returns per-row losses and weights gradient row `i` by a caller-given
+//! upstream `dl_i`. InfoNCE can also return `∂L/∂a_j = Σ_i scale_i (P_ij − [j = p0+i]) (z_i/t − log η)`
+//! for dense targets.
+//!
+//! ## Example
+//! ```
+//! use softnce::{HardCrossEntropy, MatMut, MatRef, RowParam, SoftCrossEntropy, SoftInfoNce, Targets};
+//!
+//! // A batch of 3 rows over 4 classes.
+//! let (n, c) = (3, 4);
+//! let logits = [1.0f32, 0.0, -1.0, 2.0, 0.5, 0.5, 0.0, -2.0, 3.0, 1.0, 0.0, 0.0];
+//! let logits = MatRef::new(&logits, n, c)?;
+//! let labels = [3u32, 0, 0];
+//! let partner = [0u32, 0, 3]; // MixUp with the reversed batch
+//!
+//! let mixup = Targets::mixed(&labels, &partner, RowParam::Batch(0.6), 0.1);
+//! let mut grad = vec![0.0f32; n * c];
+//!
+//! // Soft-target InfoNCE: loss and gradient in one call.
+//! let nce = SoftInfoNce::new().temperature(1.0);
+//! let l_nce = nce.loss_and_grad(logits, &mixup, MatMut::new(&mut grad, n, c)?)?;
+//!
+//! // The same targets under soft-target cross-entropy, loss only.
+//! let l_ce = SoftCrossEntropy::new().loss(logits, &mixup)?;
+//!
+//! // PyTorch-style hard cross-entropy with label smoothing.
+//! let l_hard = HardCrossEntropy::new().smoothing(0.1).loss(logits, &labels)?;
+//! assert!(l_nce > 0.0 && l_ce > 0.0 && l_hard > 0.0);
+//! # Ok::<(), softnce::Error>(())
+//! ```
+//!
+//! ## Errors and numerics
+//! Every call checks its inputs and outputs first and returns a typed [`Error`] (never a
+//! panic) for bad shapes, strides, temperatures, offsets, labels, smoothing or mixing weights,
+//! negative or non-finite target weights, non-positive noise probabilities and malformed
+//! sparse rows; on error nothing is written. Non-finite logits are data, handled as the
+//! [`reference`] module documents: `0·(−∞) = 0`, NaN (and `+∞`) logits make their row NaN,
+//! and a row with no finite candidate has loss `+∞`.
+//!
+//! ## Layout
+//! - [`reference`]: the scalar `f64` oracle every fast path is tested against;
+//! - `dispatch`: routes a validated call to an implementation;
+//! - `loss/`: one module per loss (configuration, validation, orchestration);
+//! - [`targets`](Targets): target forms; `view`: strided matrix views.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod dispatch;
+mod error;
+mod loss;
+pub mod reference;
+mod targets;
+mod view;
+
+pub use error::{Error, Result};
+pub use half::{bf16, f16};
+pub use loss::{HardCrossEntropy, Noise, Outputs, Reduction, SoftCrossEntropy, SoftInfoNce};
+pub use targets::{RowParam, SparseTargets, Targets};
+pub use view::{Element, MatMut, MatRef};
+
+/// Compiles the README's Rust examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
