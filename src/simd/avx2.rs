@@ -1,0 +1,258 @@
+//! AVX2 + FMA backend: 8 lanes in a `__m256`.
+//!
+//! Every `unsafe` block in this file executes AVX/AVX2/FMA (and SSE..SSE4.1, implied by AVX2)
+//! instructions; they are justified by the [`F32x`] CPU requirement (the caller guarantees
+//! `Avx2::is_available()`), plus the pointer requirements for the memory operations.
+
+use core::arch::x86_64::*;
+
+use crate::simd::exp::{
+    EXP_C1, EXP_C2, EXP_C3, EXP_C4, EXP_C5, EXP_C6, EXP_X_MAX, EXP_X_MIN, LN2_HI, LN2_LO, LOG2E,
+};
+use crate::simd::F32x;
+
+/// Eight `f32` lanes (`__m256`). Requires the `avx2` and `fma` CPU features.
+#[derive(Clone, Copy, Debug)]
+#[repr(transparent)]
+pub(crate) struct Avx2(pub(crate) __m256);
+
+/// Lane mask with lanes `0..n` all-ones and the others zero (`n <= 8`; larger `n` saturates).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[inline(always)]
+unsafe fn prefix_mask(n: usize) -> __m256i {
+    debug_assert!(n <= 8);
+    let n = n.min(8) as i32;
+    // SAFETY: AVX2 is available (caller's contract); no memory is accessed.
+    unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
+}
+
+/// NaN-propagating lane-wise max of two `__m128`: `maxps` returns its second operand when either
+/// is NaN, so OR-ing in the all-ones "unordered" mask (an all-ones f32 is a NaN) fixes the lanes
+/// where the first operand is NaN.
+///
+/// # Safety
+/// The CPU must support SSE (always true on `x86_64`, but the intrinsics are still `unsafe` to
+/// call outside a `#[target_feature(enable = "sse")]` context).
+#[inline(always)]
+pub(crate) unsafe fn max_nan_m128(a: __m128, b: __m128) -> __m128 {
+    // SAFETY: SSE is part of the x86_64 baseline; no memory is accessed.
+    unsafe { _mm_or_ps(_mm_max_ps(a, b), _mm_cmpunord_ps(a, b)) }
+}
+
+/// NaN-propagating lane-wise max of two `__m256` (see [`max_nan_m128`]).
+///
+/// # Safety
+/// The CPU must support AVX.
+#[inline(always)]
+pub(crate) unsafe fn max_nan_m256(a: __m256, b: __m256) -> __m256 {
+    // SAFETY: AVX is available (caller's contract); no memory is accessed.
+    unsafe { _mm256_or_ps(_mm256_max_ps(a, b), _mm256_cmp_ps::<_CMP_UNORD_Q>(a, b)) }
+}
+
+/// Horizontal sum of a `__m256`: `((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7))`.
+///
+/// # Safety
+/// The CPU must support AVX.
+#[inline(always)]
+pub(crate) unsafe fn hsum_m256(v: __m256) -> f32 {
+    // SAFETY: AVX (which implies SSE3) is available (caller's contract); no memory is accessed.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// Horizontal NaN-propagating max of a `__m256`.
+///
+/// # Safety
+/// The CPU must support AVX.
+#[inline(always)]
+pub(crate) unsafe fn hmax_m256(v: __m256) -> f32 {
+    // SAFETY: AVX (which implies SSE3) is available (caller's contract); no memory is accessed.
+    unsafe {
+        let m = max_nan_m128(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = max_nan_m128(m, _mm_movehl_ps(m, m));
+        let m = max_nan_m128(m, _mm_movehdup_ps(m));
+        _mm_cvtss_f32(m)
+    }
+}
+
+// SAFETY: LANES is 8 = the number of f32 in a __m256; `load`/`store` use unaligned 256-bit
+// accesses of exactly 8 f32s; the partial variants use masked accesses that touch only lanes
+// `0..n` (masked-off lanes are not accessed and cannot fault).
+unsafe impl F32x for Avx2 {
+    const LANES: usize = 8;
+
+    #[inline]
+    fn is_available() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_set1_ps(v) })
+    }
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_setzero_ps() })
+    }
+
+    #[inline(always)]
+    unsafe fn load(ptr: *const f32) -> Self {
+        // SAFETY: AVX is available, and the caller guarantees `ptr` is valid for reading 8 f32s
+        // (`loadu` has no alignment requirement).
+        Avx2(unsafe { _mm256_loadu_ps(ptr) })
+    }
+
+    #[inline(always)]
+    unsafe fn store(self, ptr: *mut f32) {
+        // SAFETY: AVX is available, and the caller guarantees `ptr` is valid for writing 8 f32s
+        // (`storeu` has no alignment requirement).
+        unsafe { _mm256_storeu_ps(ptr, self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn load_partial(ptr: *const f32, n: usize, fill: f32) -> Self {
+        // SAFETY: AVX2 is available; `vmaskmovps` reads only the lanes whose mask is set, i.e.
+        // `ptr[0..n]`, which the caller guarantees to be readable; masked-off lanes do not fault.
+        unsafe {
+            let mask = prefix_mask(n);
+            let loaded = _mm256_maskload_ps(ptr, mask);
+            Avx2(_mm256_blendv_ps(
+                _mm256_set1_ps(fill),
+                loaded,
+                _mm256_castsi256_ps(mask),
+            ))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_partial(self, ptr: *mut f32, n: usize) {
+        // SAFETY: AVX2 is available; `vmaskmovps` writes only `ptr[0..n]`, which the caller
+        // guarantees to be writable; masked-off lanes are not touched.
+        unsafe { _mm256_maskstore_ps(ptr, prefix_mask(n), self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, rhs: Self) -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_add_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn sub(self, rhs: Self) -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_sub_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn mul(self, rhs: Self) -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_mul_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn div(self, rhs: Self) -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_div_ps(self.0, rhs.0) })
+    }
+
+    /// `vmaxps`: returns `rhs` in lanes where either operand is NaN.
+    #[inline(always)]
+    unsafe fn max(self, rhs: Self) -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_max_ps(self.0, rhs.0) })
+    }
+
+    /// `vminps`: returns `rhs` in lanes where either operand is NaN.
+    #[inline(always)]
+    unsafe fn min(self, rhs: Self) -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_min_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn max_nan(self, rhs: Self) -> Self {
+        // SAFETY: AVX is available (trait CPU requirement).
+        Avx2(unsafe { max_nan_m256(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        // SAFETY: FMA is available (trait CPU requirement).
+        Avx2(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        // SAFETY: AVX is available (trait CPU requirement).
+        unsafe { hsum_m256(self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn hmax(self) -> f32 {
+        // SAFETY: AVX is available (trait CPU requirement).
+        unsafe { hmax_m256(self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn zero_where_zero(self, mask: Self) -> Self {
+        // `mask != 0` (unordered-true, so NaN keeps `self`) as all-ones lanes, then AND.
+        // SAFETY: AVX is available (trait CPU requirement).
+        unsafe {
+            let keep = _mm256_cmp_ps::<_CMP_NEQ_UQ>(mask.0, _mm256_setzero_ps());
+            Avx2(_mm256_and_ps(self.0, keep))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn is_nan_any(self) -> bool {
+        // SAFETY: AVX is available (trait CPU requirement).
+        unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0)) != 0 }
+    }
+
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        // The shared algorithm of `crate::simd::exp`, step for step (see `exp_scalar`).
+        // SAFETY: AVX, AVX2 and FMA are available (trait CPU requirement); no memory access.
+        unsafe {
+            let x = self.0;
+            // 1. Clamp. `vmaxps`/`vminps` return the second operand if either is NaN, so NaN
+            //    in `x` passes through.
+            let xc = _mm256_min_ps(
+                _mm256_set1_ps(EXP_X_MAX),
+                _mm256_max_ps(_mm256_set1_ps(EXP_X_MIN), x),
+            );
+            // 2. Range reduction.
+            let kf = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                xc,
+                _mm256_set1_ps(LOG2E),
+            ));
+            let r = _mm256_fmadd_ps(kf, _mm256_set1_ps(-LN2_HI), xc);
+            let r = _mm256_fmadd_ps(kf, _mm256_set1_ps(-LN2_LO), r);
+            // 3. Polynomial.
+            let mut p = _mm256_fmadd_ps(_mm256_set1_ps(EXP_C6), r, _mm256_set1_ps(EXP_C5));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C4));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C3));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C2));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C1));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+            // 4. Scale by 2^k (NaN converts to i32::MIN, and i32::MIN << 23 == 0).
+            let k = _mm256_cvttps_epi32(kf);
+            let y = _mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_castps_si256(p),
+                _mm256_slli_epi32::<23>(k),
+            ));
+            // 5. Flush x < EXP_X_MIN (ordered compare: false for NaN) to +0.
+            let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_X_MIN));
+            Avx2(_mm256_andnot_ps(under, y))
+        }
+    }
+}

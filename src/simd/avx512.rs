@@ -1,0 +1,211 @@
+//! AVX-512 backend: 16 lanes in a `__m512`.
+//!
+//! Every `unsafe` block in this file executes AVX-512F/DQ instructions (and AVX/AVX2/FMA, which
+//! AVX-512F implies); they are justified by the [`F32x`] CPU requirement (the caller guarantees
+//! `Avx512::is_available()`), plus the pointer requirements for the memory operations.
+
+use core::arch::x86_64::*;
+
+use crate::simd::avx2::{hmax_m256, hsum_m256, max_nan_m256};
+use crate::simd::exp::{
+    EXP_C1, EXP_C2, EXP_C3, EXP_C4, EXP_C5, EXP_C6, EXP_X_MAX, EXP_X_MIN, LN2_HI, LN2_LO, LOG2E,
+};
+use crate::simd::F32x;
+
+/// Sixteen `f32` lanes (`__m512`). Requires the `avx512f`, `avx512bw`, `avx512vl` and
+/// `avx512dq` CPU features (the set the kernels' entry points enable).
+#[derive(Clone, Copy, Debug)]
+#[repr(transparent)]
+pub(crate) struct Avx512(pub(crate) __m512);
+
+/// Write/read mask with bits `0..n` set (`n <= 16`; larger `n` saturates).
+#[inline(always)]
+fn prefix_kmask(n: usize) -> __mmask16 {
+    debug_assert!(n <= 16);
+    ((1u32 << n.min(16)) - 1) as __mmask16
+}
+
+// SAFETY: LANES is 16 = the number of f32 in a __m512; `load`/`store` use unaligned 512-bit
+// accesses of exactly 16 f32s; the partial variants use masked accesses that touch only lanes
+// `0..n` (masked-off lanes are not accessed and cannot fault).
+unsafe impl F32x for Avx512 {
+    const LANES: usize = 16;
+
+    #[inline]
+    fn is_available() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+    }
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_set1_ps(v) })
+    }
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_setzero_ps() })
+    }
+
+    #[inline(always)]
+    unsafe fn load(ptr: *const f32) -> Self {
+        // SAFETY: AVX-512F is available, and the caller guarantees `ptr` is valid for reading
+        // 16 f32s (`loadu` has no alignment requirement).
+        Avx512(unsafe { _mm512_loadu_ps(ptr) })
+    }
+
+    #[inline(always)]
+    unsafe fn store(self, ptr: *mut f32) {
+        // SAFETY: AVX-512F is available, and the caller guarantees `ptr` is valid for writing
+        // 16 f32s (`storeu` has no alignment requirement).
+        unsafe { _mm512_storeu_ps(ptr, self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn load_partial(ptr: *const f32, n: usize, fill: f32) -> Self {
+        // SAFETY: AVX-512F is available; the masked load reads only `ptr[0..n]` (the set mask
+        // bits), which the caller guarantees to be readable; masked-off lanes do not fault and
+        // take `fill`.
+        unsafe { Avx512(_mm512_mask_loadu_ps(_mm512_set1_ps(fill), prefix_kmask(n), ptr)) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_partial(self, ptr: *mut f32, n: usize) {
+        // SAFETY: AVX-512F is available; the masked store writes only `ptr[0..n]`, which the
+        // caller guarantees to be writable.
+        unsafe { _mm512_mask_storeu_ps(ptr, prefix_kmask(n), self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, rhs: Self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_add_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn sub(self, rhs: Self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_sub_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn mul(self, rhs: Self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_mul_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn div(self, rhs: Self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_div_ps(self.0, rhs.0) })
+    }
+
+    /// `vmaxps`: returns `rhs` in lanes where either operand is NaN.
+    #[inline(always)]
+    unsafe fn max(self, rhs: Self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_max_ps(self.0, rhs.0) })
+    }
+
+    /// `vminps`: returns `rhs` in lanes where either operand is NaN.
+    #[inline(always)]
+    unsafe fn min(self, rhs: Self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_min_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn max_nan(self, rhs: Self) -> Self {
+        // `vmaxps` returns `rhs` if either lane is NaN; in the unordered lanes recompute as
+        // `self + rhs`, which is NaN there.
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        unsafe {
+            let m = _mm512_max_ps(self.0, rhs.0);
+            let unordered = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, rhs.0);
+            Avx512(_mm512_mask_add_ps(m, unordered, self.0, rhs.0))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        Avx512(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        // SAFETY: AVX-512F/DQ (and thus AVX) are available (trait CPU requirement).
+        unsafe {
+            let lo = _mm512_castps512_ps256(self.0);
+            let hi = _mm512_extractf32x8_ps::<1>(self.0);
+            hsum_m256(_mm256_add_ps(lo, hi))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hmax(self) -> f32 {
+        // SAFETY: AVX-512F/DQ (and thus AVX) are available (trait CPU requirement).
+        unsafe {
+            let lo = _mm512_castps512_ps256(self.0);
+            let hi = _mm512_extractf32x8_ps::<1>(self.0);
+            hmax_m256(max_nan_m256(lo, hi))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn zero_where_zero(self, mask: Self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        unsafe {
+            let keep = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(mask.0, _mm512_setzero_ps());
+            Avx512(_mm512_maskz_mov_ps(keep, self.0))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn is_nan_any(self) -> bool {
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        unsafe { _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0) != 0 }
+    }
+
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        // The shared algorithm of `crate::simd::exp`, step for step (see `exp_scalar`).
+        // SAFETY: AVX-512F is available (trait CPU requirement); no memory access.
+        unsafe {
+            let x = self.0;
+            // 1. Clamp. `vmaxps`/`vminps` return the second operand if either is NaN, so NaN
+            //    in `x` passes through.
+            let xc = _mm512_min_ps(
+                _mm512_set1_ps(EXP_X_MAX),
+                _mm512_max_ps(_mm512_set1_ps(EXP_X_MIN), x),
+            );
+            // 2. Range reduction (`vrndscaleps` with scale 0 = round to nearest integer, ties to
+            //    even, exceptions suppressed).
+            let kf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)),
+            );
+            let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_HI), xc);
+            let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_LO), r);
+            // 3. Polynomial.
+            let mut p = _mm512_fmadd_ps(_mm512_set1_ps(EXP_C6), r, _mm512_set1_ps(EXP_C5));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C4));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C3));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C1));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+            // 4. Scale by 2^k (NaN converts to i32::MIN, and i32::MIN << 23 == 0).
+            let k = _mm512_cvttps_epi32(kf);
+            let y = _mm512_castsi512_ps(_mm512_add_epi32(
+                _mm512_castps_si512(p),
+                _mm512_slli_epi32::<23>(k),
+            ));
+            // 5. Flush x < EXP_X_MIN (ordered compare: false for NaN) to +0.
+            let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_X_MIN));
+            Avx512(_mm512_maskz_mov_ps(!under, y))
+        }
+    }
+}
