@@ -1,12 +1,175 @@
-//! The dispatch seam: where a validated call is routed to an implementation.
+//! Backend selection and routing.
 //!
-//! Today every call runs on the scalar [`reference`](crate::reference); the SIMD backends
-//! (AVX-512, AVX2+FMA, NEON) plug in here. Inputs reaching this module have been validated,
-//! so nothing here can fail.
+//! A [`Backend`] names an instruction set. The CPU is probed once per process; the process-wide
+//! default is the fastest available backend unless the environment variable `SOFTNCE_BACKEND`
+//! (`scalar|avx2|avx512|neon|auto`, read once) says otherwise; each loss configuration can also
+//! force a backend for its calls. Forcing a backend the CPU lacks is an [`Error`], never a crash.
+//!
+//! Inside the crate a resolved backend is an [`Isa`]: a token that can only be made after the
+//! CPU was checked, so the kernels' `#[target_feature]` entry points (see `kernels`) are only
+//! ever reached on CPUs that have the features.
 
-use crate::loss::{HardCrossEntropy, Outputs, SoftCrossEntropy, SoftInfoNce};
+use crate::error::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+/// An instruction set the kernels are compiled for.
+///
+/// ```
+/// use softnce::{available_backends, Backend};
+/// // The scalar backend runs everywhere.
+/// assert!(Backend::Scalar.is_available());
+/// assert!(available_backends().contains(&Backend::Scalar));
+/// assert_eq!("avx2".parse::<Backend>().unwrap(), Backend::Avx2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Portable scalar code (one lane; the same kernels as the SIMD backends).
+    Scalar,
+    /// x86-64 AVX2 with FMA (8 lanes).
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL/DQ (16 lanes).
+    Avx512,
+    /// AArch64 NEON (4 lanes).
+    Neon,
+}
+
+impl Backend {
+    /// Every backend, fastest last.
+    pub const ALL: [Backend; 4] = [Backend::Scalar, Backend::Neon, Backend::Avx2, Backend::Avx512];
+
+    /// Whether this CPU can run the backend (probed once, then cached).
+    pub fn is_available(self) -> bool {
+        static PROBE: OnceLock<[bool; 4]> = OnceLock::new();
+        let probe = PROBE.get_or_init(|| Backend::ALL.map(probe));
+        probe[Backend::ALL.iter().position(|&b| b == self).unwrap_or(0)]
+    }
+
+    /// The backend's name as `SOFTNCE_BACKEND` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Scalar => "scalar",
+            Backend::Avx2 => "avx2",
+            Backend::Avx512 => "avx512",
+            Backend::Neon => "neon",
+        }
+    }
+
+    /// Number of `f32` lanes in one vector of this backend.
+    pub fn lanes(self) -> usize {
+        match self {
+            Backend::Scalar => 1,
+            Backend::Avx2 => 8,
+            Backend::Avx512 => 16,
+            Backend::Neon => 4,
+        }
+    }
+
+    /// The fastest backend this CPU can run (ignores `SOFTNCE_BACKEND`).
+    pub fn best() -> Backend {
+        *available_backends().last().unwrap_or(&Backend::Scalar)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+
+    /// Parses `scalar`, `avx2`, `avx512` or `neon` (case-insensitive).
+    fn from_str(s: &str) -> Result<Backend> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| Error::UnknownBackend(s.to_string()))
+    }
+}
+
+fn probe(b: Backend) -> bool {
+    match b {
+        Backend::Scalar => true,
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512dq")
+        }
+        #[cfg(target_arch = "aarch64")]
+        Backend::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// The backends this CPU can run, slowest first (always starts with [`Backend::Scalar`]).
+pub fn available_backends() -> Vec<Backend> {
+    Backend::ALL.into_iter().filter(|b| b.is_available()).collect()
+}
+
+/// The backend calls use when their configuration does not force one: `SOFTNCE_BACKEND` if it
+/// is set to something other than `auto` (or empty), otherwise [`Backend::best`]. The
+/// variable is read once per process.
+///
+/// # Errors
+/// [`Error::UnknownBackend`] if the variable holds an unknown name,
+/// [`Error::BackendUnavailable`] if it names a backend this CPU cannot run.
+pub fn default_backend() -> Result<Backend> {
+    static DEFAULT: OnceLock<Result<Backend>> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| match std::env::var("SOFTNCE_BACKEND") {
+            Ok(v) if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("auto") => {
+                let b: Backend = v.parse()?;
+                if b.is_available() {
+                    Ok(b)
+                } else {
+                    Err(Error::BackendUnavailable(b))
+                }
+            }
+            _ => Ok(Backend::best()),
+        })
+        .clone()
+}
+
+/// A backend this CPU is known to support: the proof the kernels' entry points need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Isa(Backend);
+
+impl Isa {
+    /// The backend for a call: the forced one, or the process default.
+    pub(crate) fn resolve(forced: Option<Backend>) -> Result<Isa> {
+        let b = match forced {
+            Some(b) => b,
+            None => default_backend()?,
+        };
+        if b.is_available() {
+            Ok(Isa(b))
+        } else {
+            Err(Error::BackendUnavailable(b))
+        }
+    }
+
+    /// The backend.
+    pub(crate) fn backend(self) -> Backend {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing of validated calls.
+
+use crate::kernels::cross_entropy::{ce_block, CeProblem, CeTargets, RowScale};
+use crate::kernels::for_row_blocks;
+use crate::loss::{HardCrossEntropy, Outputs, Reduction, SoftCrossEntropy, SoftInfoNce};
 use crate::reference::{self, RefOutput, Request};
-use crate::targets::Targets;
+use crate::targets::{Structured, Targets};
 use crate::view::{Element, MatRef};
 
 fn request<'o, T: Element>(outputs: &Outputs<'o, T>) -> Request<'o> {
@@ -41,6 +204,7 @@ fn write<T: Element>(r: RefOutput, outputs: Outputs<'_, T>) -> f32 {
 }
 
 pub(crate) fn soft_infonce<T: Element>(
+    _isa: Isa,
     cfg: &SoftInfoNce<'_>,
     logits: MatRef<'_, T>,
     targets: &Targets<'_, T>,
@@ -51,24 +215,101 @@ pub(crate) fn soft_infonce<T: Element>(
     write(r, outputs)
 }
 
+/// Runs a cross-entropy problem on the kernels; `count` is the mean's denominator.
+fn run_ce<T: Element>(
+    isa: Isa,
+    p: CeProblem<'_>,
+    n: usize,
+    outputs: Outputs<'_, T>,
+    reduction: Reduction,
+    count: usize,
+) -> f32 {
+    let grad = outputs.grad_logits.map(|g| {
+        let (data, _, _, stride) = g.into_parts();
+        (
+            T::as_f32_slice_mut(data).expect("the kernels' path is taken for f32 only"),
+            stride,
+        )
+    });
+    let g_stride = grad.as_ref().map_or(0, |g| g.1);
+    let total = for_row_blocks(n, p.c, grad, outputs.row_losses, |blk| {
+        ce_block(isa, &p, g_stride, blk)
+    });
+    match reduction {
+        Reduction::Mean => (total / count as f64) as f32,
+        Reduction::Sum | Reduction::None => total as f32,
+    }
+}
+
+fn row_scale<'a>(reduction: Reduction, count: usize, upstream: Option<&'a [f32]>) -> RowScale<'a> {
+    match (reduction, upstream) {
+        (Reduction::Mean, _) => RowScale::All(1.0 / count as f32),
+        (Reduction::None, Some(u)) => RowScale::Upstream(u),
+        _ => RowScale::All(1.0),
+    }
+}
+
 pub(crate) fn soft_cross_entropy<T: Element>(
+    isa: Isa,
     cfg: &SoftCrossEntropy,
     logits: MatRef<'_, T>,
     targets: &Targets<'_, T>,
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    let r = reference::soft_cross_entropy(cfg, logits, targets, &request(&outputs))
-        .expect("inputs were validated before dispatch");
-    write(r, outputs)
+    let dense = match targets {
+        Targets::Dense(a) => T::as_f32_slice(a.data()).map(|d| (d, a.stride())),
+        _ => None,
+    };
+    let Some(z) = T::as_f32_slice(logits.data()) else {
+        let r = reference::soft_cross_entropy(cfg, logits, targets, &request(&outputs))
+            .expect("inputs were validated before dispatch");
+        return write(r, outputs);
+    };
+    let ce_targets = match (dense, targets.structured()) {
+        (Some((a, stride)), _) => CeTargets::Dense { a, stride },
+        (None, Some(s)) => CeTargets::Structured { s, ignore: None },
+        (None, None) => unreachable!("dense f32 targets with f32 logits"),
+    };
+    let n = logits.rows();
+    let p = CeProblem {
+        z,
+        z_stride: logits.stride(),
+        c: logits.cols(),
+        t: cfg.get_temperature(),
+        targets: ce_targets,
+        scale: row_scale(cfg.get_reduction(), n, outputs.upstream),
+    };
+    run_ce(isa, p, n, outputs, cfg.get_reduction(), n)
 }
 
 pub(crate) fn hard_cross_entropy<T: Element>(
+    isa: Isa,
     cfg: &HardCrossEntropy,
     logits: MatRef<'_, T>,
     labels: &[u32],
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    let r = reference::hard_cross_entropy(cfg, logits, labels, &request(&outputs))
-        .expect("inputs were validated before dispatch");
-    write(r, outputs)
+    let Some(z) = T::as_f32_slice(logits.data()) else {
+        let r = reference::hard_cross_entropy(cfg, logits, labels, &request(&outputs))
+            .expect("inputs were validated before dispatch");
+        return write(r, outputs);
+    };
+    let ignore = cfg.get_ignore_index();
+    let count = labels.iter().filter(|&&y| Some(y) != ignore).count();
+    let n = logits.rows();
+    let p = CeProblem {
+        z,
+        z_stride: logits.stride(),
+        c: logits.cols(),
+        t: cfg.get_temperature(),
+        targets: CeTargets::Structured {
+            s: Structured::Hard {
+                labels,
+                smoothing: cfg.get_smoothing(),
+            },
+            ignore,
+        },
+        scale: row_scale(cfg.get_reduction(), count, outputs.upstream),
+    };
+    run_ce(isa, p, n, outputs, cfg.get_reduction(), count)
 }

@@ -101,6 +101,10 @@ pub enum Error {
     Upstream(&'static str),
     /// The gradient with respect to targets was requested for targets that are not `Dense`.
     TargetGradientNeedsDense,
+    /// A backend was forced (per call or through `SOFTNCE_BACKEND`) that this CPU cannot run.
+    BackendUnavailable(crate::Backend),
+    /// `SOFTNCE_BACKEND` (or a parsed string) names no backend.
+    UnknownBackend(String),
 }
 
 impl fmt::Display for Error {
@@ -158,6 +162,19 @@ impl fmt::Display for Error {
             ),
             Error::MalformedSparse(why) => write!(f, "malformed sparse targets: {why}"),
             Error::Upstream(why) => write!(f, "upstream gradient: {why}"),
+            Error::BackendUnavailable(b) => write!(
+                f,
+                "backend {b} was requested but this CPU cannot run it (available: {})",
+                crate::available_backends()
+                    .iter()
+                    .map(|b| b.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Error::UnknownBackend(s) => write!(
+                f,
+                "unknown backend {s:?}: expected scalar, avx2, avx512, neon or auto"
+            ),
             Error::TargetGradientNeedsDense => write!(
                 f,
                 "the gradient with respect to targets is only available for dense targets"

@@ -68,11 +68,14 @@
 
 mod dispatch;
 mod error;
+mod kernels;
 mod loss;
 pub mod reference;
+mod simd;
 mod targets;
 mod view;
 
+pub use dispatch::{available_backends, default_backend, Backend};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use loss::{HardCrossEntropy, Noise, Outputs, Reduction, SoftCrossEntropy, SoftInfoNce};

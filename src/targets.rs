@@ -267,6 +267,99 @@ impl<'a, T: Element> Targets<'a, T> {
     }
 }
 
+/// The explicit entries `(class, weight)` of one structured target row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Entries<'a> {
+    /// Up to two entries (hard labels: one; MixUp pairs: two).
+    Few([(u32, f32); 2], usize),
+    /// A CSR row.
+    Csr(&'a [u32], &'a [f32]),
+}
+
+impl Entries<'_> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
+        let (few, idx, w): (&[(u32, f32)], &[u32], &[f32]) = match self {
+            Entries::Few(e, k) => (&e[..*k], &[], &[]),
+            Entries::Csr(i, w) => (&[], i, w),
+        };
+        few.iter()
+            .copied()
+            .chain(idx.iter().copied().zip(w.iter().copied()))
+    }
+}
+
+/// A structured target form without the element type (its weights are `f32` whatever the
+/// logits' type), as the kernels consume it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Structured<'a> {
+    Hard {
+        labels: &'a [u32],
+        smoothing: f32,
+    },
+    Mixed {
+        a: &'a [u32],
+        b: &'a [u32],
+        lambda: RowParam<'a>,
+        smoothing: f32,
+    },
+    Sparse(SparseTargets<'a>),
+}
+
+impl<'a, T: Element> Targets<'a, T> {
+    /// The structured form, or `None` for dense targets.
+    pub(crate) fn structured(&self) -> Option<Structured<'a>> {
+        Some(match *self {
+            Targets::Dense(_) => return None,
+            Targets::Hard { labels, smoothing } => Structured::Hard { labels, smoothing },
+            Targets::Mixed {
+                a,
+                b,
+                lambda,
+                smoothing,
+            } => Structured::Mixed {
+                a,
+                b,
+                lambda,
+                smoothing,
+            },
+            Targets::Sparse(s) => Structured::Sparse(s),
+        })
+    }
+}
+
+impl Structured<'_> {
+    /// Row `j` as `f32` (uniform floor, explicit entries): exactly the row that
+    /// [`Targets::dense_row_f64`] densifies, up to the `f32` rounding of `ε/C`, `(1 − ε)·λ`
+    /// and `(1 − ε)·(1 − λ)`.
+    #[inline]
+    pub(crate) fn row(&self, j: usize, classes: usize) -> (f32, Entries<'_>) {
+        let uniform = |eps: f32| eps / classes as f32;
+        match self {
+            Structured::Hard { labels, smoothing } => (
+                uniform(*smoothing),
+                Entries::Few([(labels[j], 1.0 - smoothing), (0, 0.0)], 1),
+            ),
+            Structured::Mixed {
+                a,
+                b,
+                lambda,
+                smoothing,
+            } => {
+                let lam = lambda.get(j);
+                let keep = 1.0 - smoothing;
+                (
+                    uniform(*smoothing),
+                    Entries::Few([(a[j], keep * lam), (b[j], keep * (1.0 - lam))], 2),
+                )
+            }
+            Structured::Sparse(s) => {
+                let r = s.indptr[j]..s.indptr[j + 1];
+                (s.floor.get(j), Entries::Csr(&s.indices[r.clone()], &s.weights[r]))
+            }
+        }
+    }
+}
+
 impl SparseTargets<'_> {
     fn validate(&self, classes: usize) -> Result<()> {
         let p = self.indptr;

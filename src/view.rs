@@ -29,9 +29,27 @@ pub trait Element: sealed::Sealed + Copy + Send + Sync + PartialEq + std::fmt::D
     fn from_f32(x: f32) -> Self;
     /// `x` rounded to this type (round to nearest even, directly from `f64`).
     fn from_f64(x: f64) -> Self;
+    /// The slice as `f32`s, if this type is `f32` (lets the f32 kernels take the data as is).
+    #[doc(hidden)]
+    fn as_f32_slice(s: &[Self]) -> Option<&[f32]> {
+        let _ = s;
+        None
+    }
+    /// The mutable slice as `f32`s, if this type is `f32`.
+    #[doc(hidden)]
+    fn as_f32_slice_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        let _ = s;
+        None
+    }
 }
 
 impl Element for f32 {
+    fn as_f32_slice(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_slice_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -177,6 +195,11 @@ impl<'a, T: Element> MatRef<'a, T> {
         &self.data[i * self.stride..i * self.stride + self.cols]
     }
 
+    /// The underlying slice (rows start `stride` apart).
+    pub(crate) fn data(&self) -> &'a [T] {
+        self.data
+    }
+
     /// Element `(i, c)` widened to `f64`.
     ///
     /// # Panics
@@ -251,6 +274,11 @@ impl<'a, T: Element> MatMut<'a, T> {
     pub fn row_mut(&mut self, i: usize) -> &mut [T] {
         assert!(i < self.rows, "row {i} out of range for {} rows", self.rows);
         &mut self.data[i * self.stride..i * self.stride + self.cols]
+    }
+
+    /// The underlying slice and the shape `(rows, cols, stride)`.
+    pub(crate) fn into_parts(self) -> (&'a mut [T], usize, usize, usize) {
+        (self.data, self.rows, self.cols, self.stride)
     }
 
     /// A read-only view of the same matrix.

@@ -1,10 +1,11 @@
 //! Hard-label cross-entropy with label smoothing and `ignore_index` (PyTorch semantics).
 
 use super::{check_logits, check_outputs, check_temperature, Outputs, Reduction};
-use crate::dispatch;
+use crate::dispatch::{self, Isa};
 use crate::error::{Error, Result};
 use crate::targets::check_unit;
 use crate::view::{Element, MatMut, MatRef};
+use crate::Backend;
 
 /// Cross-entropy with integer labels, label smoothing `ε` and an optional `ignore_index`,
 /// following `torch.nn.functional.cross_entropy(z / t, y, label_smoothing=ε, ignore_index=…)`:
@@ -36,6 +37,7 @@ pub struct HardCrossEntropy {
     smoothing: f32,
     ignore_index: Option<u32>,
     reduction: Reduction,
+    backend: Option<Backend>,
 }
 
 impl Default for HardCrossEntropy {
@@ -52,6 +54,7 @@ impl HardCrossEntropy {
             smoothing: 0.0,
             ignore_index: None,
             reduction: Reduction::Mean,
+            backend: None,
         }
     }
 
@@ -94,6 +97,20 @@ impl HardCrossEntropy {
     /// The ignore index.
     pub fn get_ignore_index(&self) -> Option<u32> {
         self.ignore_index
+    }
+
+    /// Forces the backend for this configuration's calls (`None`, the default, uses
+    /// [`default_backend`](crate::default_backend): `SOFTNCE_BACKEND` or the fastest
+    /// available). A backend the CPU lacks makes every call return
+    /// [`Error::BackendUnavailable`].
+    pub fn backend(mut self, backend: Option<Backend>) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The forced backend, if any.
+    pub fn get_backend(&self) -> Option<Backend> {
+        self.backend
     }
 
     /// The reduction.
@@ -143,7 +160,8 @@ impl HardCrossEntropy {
         if outputs.grad_targets.is_some() {
             return Err(Error::TargetGradientNeedsDense);
         }
-        Ok(dispatch::hard_cross_entropy(self, logits, labels, outputs))
+        let isa = Isa::resolve(self.backend)?;
+        Ok(dispatch::hard_cross_entropy(isa, self, logits, labels, outputs))
     }
 
     /// Validates configuration and labels.

@@ -2,10 +2,11 @@
 //! loss with hard targets.
 
 use super::{check_logits, check_outputs, check_temperature, Outputs, Reduction};
-use crate::dispatch;
+use crate::dispatch::{self, Isa};
 use crate::error::{Error, Result};
 use crate::targets::Targets;
 use crate::view::{Element, MatMut, MatRef};
+use crate::Backend;
 
 /// The noise distribution `η` over classes that InfoNCE contrasts against.
 ///
@@ -68,6 +69,7 @@ pub struct SoftInfoNce<'n> {
     noise: Noise<'n>,
     offset: usize,
     reduction: Reduction,
+    backend: Option<Backend>,
 }
 
 impl Default for SoftInfoNce<'_> {
@@ -84,6 +86,7 @@ impl<'n> SoftInfoNce<'n> {
             noise: Noise::Uniform,
             offset: 0,
             reduction: Reduction::Mean,
+            backend: None,
         }
     }
 
@@ -124,6 +127,20 @@ impl<'n> SoftInfoNce<'n> {
     /// The positive offset.
     pub fn get_offset(&self) -> usize {
         self.offset
+    }
+
+    /// Forces the backend for this configuration's calls (`None`, the default, uses
+    /// [`default_backend`](crate::default_backend): `SOFTNCE_BACKEND` or the fastest
+    /// available). A backend the CPU lacks makes every call return
+    /// [`Error::BackendUnavailable`].
+    pub fn backend(mut self, backend: Option<Backend>) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The forced backend, if any.
+    pub fn get_backend(&self) -> Option<Backend> {
+        self.backend
     }
 
     /// The reduction.
@@ -178,7 +195,8 @@ impl<'n> SoftInfoNce<'n> {
         if outputs.grad_targets.is_some() && !matches!(targets, Targets::Dense(_)) {
             return Err(Error::TargetGradientNeedsDense);
         }
-        Ok(dispatch::soft_infonce(self, logits, targets, outputs))
+        let isa = Isa::resolve(self.backend)?;
+        Ok(dispatch::soft_infonce(isa, self, logits, targets, outputs))
     }
 
     /// Validates configuration, logits and targets; returns `M`.

@@ -1,10 +1,11 @@
 //! Soft-target cross-entropy: the strong baseline that learns the (smoothed / mixed) targets.
 
 use super::{check_logits, check_outputs, check_temperature, Outputs, Reduction};
-use crate::dispatch;
+use crate::dispatch::{self, Isa};
 use crate::error::{Error, Result};
 use crate::targets::Targets;
 use crate::view::{Element, MatMut, MatRef};
+use crate::Backend;
 
 /// Soft-target cross-entropy against one target row per logit row (`M = N`):
 ///
@@ -36,6 +37,7 @@ use crate::view::{Element, MatMut, MatRef};
 pub struct SoftCrossEntropy {
     temperature: f32,
     reduction: Reduction,
+    backend: Option<Backend>,
 }
 
 impl Default for SoftCrossEntropy {
@@ -50,6 +52,7 @@ impl SoftCrossEntropy {
         SoftCrossEntropy {
             temperature: 1.0,
             reduction: Reduction::Mean,
+            backend: None,
         }
     }
 
@@ -68,6 +71,20 @@ impl SoftCrossEntropy {
     /// The temperature.
     pub fn get_temperature(&self) -> f32 {
         self.temperature
+    }
+
+    /// Forces the backend for this configuration's calls (`None`, the default, uses
+    /// [`default_backend`](crate::default_backend): `SOFTNCE_BACKEND` or the fastest
+    /// available). A backend the CPU lacks makes every call return
+    /// [`Error::BackendUnavailable`].
+    pub fn backend(mut self, backend: Option<Backend>) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The forced backend, if any.
+    pub fn get_backend(&self) -> Option<Backend> {
+        self.backend
     }
 
     /// The reduction.
@@ -117,7 +134,8 @@ impl SoftCrossEntropy {
         if outputs.grad_targets.is_some() {
             return Err(Error::TargetGradientNeedsDense);
         }
-        Ok(dispatch::soft_cross_entropy(self, logits, targets, outputs))
+        let isa = Isa::resolve(self.backend)?;
+        Ok(dispatch::soft_cross_entropy(isa, self, logits, targets, outputs))
     }
 
     /// Validates configuration, logits and targets; returns `M` (= `N`).

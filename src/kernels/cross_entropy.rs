@@ -1,0 +1,450 @@
+//! The cross-entropy family on `f32` rows: soft-target CE with dense targets, soft-target CE
+//! with structured targets (hard, MixUp, sparse: the logits are the only `N × C` array read),
+//! and hard CE with label smoothing and `ignore_index`.
+//!
+//! Each row takes three sweeps; only the first reads the row from memory, the others find it
+//! in cache (a row of logits and targets up to a few hundred KiB stays in L2):
+//! 1. `m = max_c u_c` with `u = z/t` (NaN-propagating);
+//! 2. `e_c = exp(u_c − m)` into a per-block scratch row, `S = Σ e_c`, and for the loss the
+//!    non-negative sums `T = Σ_c a_c (m − u_c)` (dense) or `R = Σ_c (m − u_c)` (floor term), so
+//!    that `l = mass·ln S + T` has no cancellation even for logits of ±10⁴;
+//! 3. the gradient `k·(mass·e_c/S − a_c)` with `k = scale/t`, then (structured forms) the
+//!    explicit classes corrected in `f32` last.
+//!
+//! Special rows follow the reference: NaN or `+∞` in `u` → NaN loss and gradient; no finite
+//! logit (`m = −∞`) → loss `+∞` if the row has target mass (else 0), probabilities all zero.
+
+use super::{stamp, Block};
+use crate::simd::F32x;
+use crate::targets::Structured;
+
+/// How gradient row `i` is scaled before the `1/t`.
+#[derive(Clone, Copy)]
+pub(crate) enum RowScale<'a> {
+    /// Every row by the same factor (`1/N`, `1/count` or `1`).
+    All(f32),
+    /// Row `i` by `upstream[i]`.
+    Upstream(&'a [f32]),
+}
+
+impl RowScale<'_> {
+    #[inline(always)]
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            RowScale::All(s) => *s,
+            RowScale::Upstream(u) => u[i],
+        }
+    }
+}
+
+/// What the rows are scored against.
+#[derive(Clone, Copy)]
+pub(crate) enum CeTargets<'a> {
+    /// Dense rows: `a` with row stride `stride`.
+    Dense { a: &'a [f32], stride: usize },
+    /// A structured form; rows labelled `ignore` (hard CE) contribute nothing.
+    Structured { s: Structured<'a>, ignore: Option<u32> },
+}
+
+/// A validated cross-entropy problem on `f32` logits.
+#[derive(Clone, Copy)]
+pub(crate) struct CeProblem<'a> {
+    pub z: &'a [f32],
+    pub z_stride: usize,
+    pub c: usize,
+    pub t: f32,
+    pub targets: CeTargets<'a>,
+    pub scale: RowScale<'a>,
+}
+
+/// `u = z/t`, as a multiplication by `1/t` unless `1/t` overflows.
+#[derive(Clone, Copy)]
+struct Temp {
+    t: f32,
+    inv_t: f32,
+    div: bool,
+}
+
+impl Temp {
+    fn new(t: f32) -> Temp {
+        let inv_t = 1.0 / t;
+        Temp {
+            t,
+            inv_t,
+            div: !inv_t.is_finite(),
+        }
+    }
+
+    #[inline(always)]
+    fn scalar(&self, z: f32) -> f32 {
+        if self.div {
+            z / self.t
+        } else {
+            z * self.inv_t
+        }
+    }
+
+    /// # Safety
+    /// `V`'s CPU requirement.
+    #[inline(always)]
+    unsafe fn vec<V: F32x>(&self, z: V) -> V {
+        // SAFETY: the caller guarantees V's CPU features.
+        unsafe {
+            if self.div {
+                z.div(V::splat(self.t))
+            } else {
+                z.mul(V::splat(self.inv_t))
+            }
+        }
+    }
+}
+
+/// Sweep 1: the NaN-propagating maximum of `u = z/t` over the row.
+///
+/// # Safety
+/// `V`'s CPU requirement.
+#[inline(always)]
+unsafe fn row_max<V: F32x>(z: &[f32], tp: Temp) -> f32 {
+    let n = z.len();
+    let p = z.as_ptr();
+    let l = V::LANES;
+    // SAFETY: V's CPU features are guaranteed by the caller; every load reads within `z`
+    // (full vectors while `i + l <= n` / `i + 4l <= n`, then a partial load of `n − i` < l).
+    unsafe {
+        let ninf = V::splat(f32::NEG_INFINITY);
+        let (mut m0, mut m1, mut m2, mut m3) = (ninf, ninf, ninf, ninf);
+        let mut i = 0;
+        while i + 4 * l <= n {
+            m0 = m0.max_nan(V::load(p.add(i)));
+            m1 = m1.max_nan(V::load(p.add(i + l)));
+            m2 = m2.max_nan(V::load(p.add(i + 2 * l)));
+            m3 = m3.max_nan(V::load(p.add(i + 3 * l)));
+            i += 4 * l;
+        }
+        while i + l <= n {
+            m0 = m0.max_nan(V::load(p.add(i)));
+            i += l;
+        }
+        if i < n {
+            m1 = m1.max_nan(V::load_partial(p.add(i), n - i, f32::NEG_INFINITY));
+        }
+        // max(z)/t = max(z/t) since t > 0 (and NaN / ±inf survive the division).
+        tp.scalar(m0.max_nan(m1).max_nan(m2.max_nan(m3)).hmax())
+    }
+}
+
+/// Lanes `0..n` are 1, the rest 0: multiplies away the padding lanes of a tail.
+///
+/// # Safety
+/// `V`'s CPU requirement; `n <= V::LANES`.
+#[inline(always)]
+unsafe fn tail_mask<V: F32x>(n: usize) -> V {
+    const ONES: [f32; 64] = [1.0; 64];
+    // SAFETY: n <= LANES <= 64 elements of ONES are read.
+    unsafe { V::load_partial(ONES.as_ptr(), n, 0.0) }
+}
+
+/// Sweep 2, dense targets: `e = exp(u − m)` into `e`, returns `(S, mass, T)` with
+/// `T = Σ a_c (m − u_c)` (a zero weight contributes 0 even where `u_c = −∞`).
+///
+/// # Safety
+/// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite.
+#[inline(always)]
+unsafe fn dense_stats<V: F32x>(z: &[f32], a: &[f32], m: f32, tp: Temp, e: &mut [f32]) -> (f32, f32, f32) {
+    let n = z.len();
+    let l = V::LANES;
+    let (zp, ap, ep) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr());
+    // SAFETY: V's CPU features are guaranteed by the caller; the three slices have length n
+    // and every access is a full vector below n or a partial one of n − i < l elements.
+    unsafe {
+        let vm = V::splat(m);
+        let (mut s, mut mass, mut tt) = (V::zero(), V::zero(), V::zero());
+        let mut i = 0;
+        let step = |u: V, av: V| (u.sub(vm).exp(), vm.sub(u).mul(av).zero_where_zero(av));
+        while i + l <= n {
+            let u = tp.vec(V::load(zp.add(i)));
+            let av = V::load(ap.add(i));
+            let (ev, w) = step(u, av);
+            ev.store(ep.add(i));
+            s = s.add(ev);
+            mass = mass.add(av);
+            tt = tt.add(w);
+            i += l;
+        }
+        if i < n {
+            let r = n - i;
+            let u = tp.vec(V::load_partial(zp.add(i), r, f32::NEG_INFINITY));
+            let av = V::load_partial(ap.add(i), r, 0.0);
+            let (ev, w) = step(u, av);
+            ev.store_partial(ep.add(i), r);
+            s = s.add(ev);
+            mass = mass.add(av);
+            tt = tt.add(w);
+        }
+        (s.hsum(), mass.hsum(), tt.hsum())
+    }
+}
+
+/// Sweep 2, structured targets: `e = exp(u − m)` into `e`, returns `(S, R)` with
+/// `R = Σ_c (m − u_c)` when `want_r` (else 0).
+///
+/// # Safety
+/// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite.
+#[inline(always)]
+unsafe fn exp_stats<V: F32x>(z: &[f32], m: f32, tp: Temp, e: &mut [f32], want_r: bool) -> (f32, f32) {
+    let n = z.len();
+    let l = V::LANES;
+    let (zp, ep) = (z.as_ptr(), e.as_mut_ptr());
+    // SAFETY: as in `dense_stats`.
+    unsafe {
+        let vm = V::splat(m);
+        let (mut s, mut r) = (V::zero(), V::zero());
+        let mut i = 0;
+        while i + l <= n {
+            let u = tp.vec(V::load(zp.add(i)));
+            let (ev, d) = (u.sub(vm).exp(), vm.sub(u));
+            ev.store(ep.add(i));
+            s = s.add(ev);
+            if want_r {
+                r = r.add(d);
+            }
+            i += l;
+        }
+        if i < n {
+            let k = n - i;
+            let u = tp.vec(V::load_partial(zp.add(i), k, f32::NEG_INFINITY));
+            let (ev, d) = (u.sub(vm).exp(), vm.sub(u));
+            ev.store_partial(ep.add(i), k);
+            s = s.add(ev);
+            if want_r {
+                // Padding lanes hold m − (−∞) = +∞: select them away (∞·0 would be NaN).
+                r = r.add(d.zero_where_zero(tail_mask::<V>(k)));
+            }
+        }
+        (s.hsum(), if want_r { r.hsum() } else { 0.0 })
+    }
+}
+
+/// Sweep 3: `g_c = e_c·c1 + a_c·c2` (dense, `a = Some`) or `g_c = e_c·c1 + c2` (structured).
+///
+/// # Safety
+/// `V`'s CPU requirement; `e`, `g` (and `a`) have the same length.
+#[inline(always)]
+unsafe fn write_grad<V: F32x>(e: &[f32], a: Option<&[f32]>, c1: f32, c2: f32, g: &mut [f32]) {
+    let n = e.len();
+    let l = V::LANES;
+    let (ep, gp) = (e.as_ptr(), g.as_mut_ptr());
+    // SAFETY: V's CPU features are guaranteed by the caller; all slices have length n and
+    // every access is a full vector below n or a partial one of n − i < l elements.
+    unsafe {
+        let (v1, v2) = (V::splat(c1), V::splat(c2));
+        let mut i = 0;
+        match a {
+            Some(a) => {
+                let ap = a.as_ptr();
+                while i + l <= n {
+                    V::load(ep.add(i))
+                        .fma(v1, V::load(ap.add(i)).mul(v2))
+                        .store(gp.add(i));
+                    i += l;
+                }
+                if i < n {
+                    let r = n - i;
+                    let v = V::load_partial(ep.add(i), r, 0.0)
+                        .fma(v1, V::load_partial(ap.add(i), r, 0.0).mul(v2));
+                    v.store_partial(gp.add(i), r);
+                }
+            }
+            None => {
+                while i + l <= n {
+                    V::load(ep.add(i)).fma(v1, v2).store(gp.add(i));
+                    i += l;
+                }
+                if i < n {
+                    let r = n - i;
+                    V::load_partial(ep.add(i), r, 0.0)
+                        .fma(v1, v2)
+                        .store_partial(gp.add(i), r);
+                }
+            }
+        }
+    }
+}
+
+/// `Σ a` over a row (for rows without a finite logit).
+///
+/// # Safety
+/// `V`'s CPU requirement.
+#[inline(always)]
+unsafe fn row_sum<V: F32x>(a: &[f32]) -> f32 {
+    let n = a.len();
+    let l = V::LANES;
+    let p = a.as_ptr();
+    // SAFETY: loads stay within `a` (full vectors, then a partial tail).
+    unsafe {
+        let mut s = V::zero();
+        let mut i = 0;
+        while i + l <= n {
+            s = s.add(V::load(p.add(i)));
+            i += l;
+        }
+        if i < n {
+            s = s.add(V::load_partial(p.add(i), n - i, 0.0));
+        }
+        s.hsum()
+    }
+}
+
+/// `a·b` with `0·x = 0` for every `x` (the `0 · (−∞) = 0` convention on scalars).
+#[inline(always)]
+fn mul0(a: f32, b: f32) -> f32 {
+    if a == 0.0 {
+        0.0
+    } else {
+        a * b
+    }
+}
+
+/// One row of soft-target CE against a dense target row. Returns the row's loss.
+///
+/// # Safety
+/// `V`'s CPU requirement; `z`, `a`, `e` (and `g`) have the same length.
+#[inline(always)]
+unsafe fn dense_row<V: F32x>(
+    z: &[f32],
+    a: &[f32],
+    tp: Temp,
+    k: f32,
+    e: &mut [f32],
+    g: Option<&mut [f32]>,
+) -> f32 {
+    // SAFETY: the caller's guarantees are exactly what the sweeps need.
+    unsafe {
+        let m = row_max::<V>(z, tp);
+        if m.is_nan() || m == f32::INFINITY {
+            if let Some(g) = g {
+                g.fill(f32::NAN);
+            }
+            return f32::NAN;
+        }
+        if m == f32::NEG_INFINITY {
+            let mass = row_sum::<V>(a);
+            if let Some(g) = g {
+                // Probabilities are all zero: g = −k·a.
+                e.fill(0.0);
+                write_grad::<V>(e, Some(a), 0.0, -k, g);
+            }
+            return if mass > 0.0 { f32::INFINITY } else { 0.0 };
+        }
+        let (s, mass, tt) = dense_stats::<V>(z, a, m, tp, e);
+        if let Some(g) = g {
+            write_grad::<V>(e, Some(a), k * mass / s, -k, g);
+        }
+        mass * s.ln() + tt
+    }
+}
+
+/// One row of soft-target CE against a structured row (`floor` + entries). Returns the loss.
+///
+/// # Safety
+/// `V`'s CPU requirement; `z`, `e` (and `g`) have the same length; entry classes are `< C`.
+#[inline(always)]
+unsafe fn structured_row<V: F32x>(
+    z: &[f32],
+    floor: f32,
+    entries: crate::targets::Entries<'_>,
+    tp: Temp,
+    k: f32,
+    e: &mut [f32],
+    g: Option<&mut [f32]>,
+) -> f32 {
+    let c = z.len();
+    let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
+    // SAFETY: the caller's guarantees are exactly what the sweeps need.
+    unsafe {
+        let m = row_max::<V>(z, tp);
+        if m.is_nan() || m == f32::INFINITY {
+            if let Some(g) = g {
+                g.fill(f32::NAN);
+            }
+            return f32::NAN;
+        }
+        let (loss, c1) = if m == f32::NEG_INFINITY {
+            e.fill(0.0);
+            (if mass > 0.0 { f32::INFINITY } else { 0.0 }, 0.0)
+        } else {
+            let (s, r) = exp_stats::<V>(z, m, tp, e, floor > 0.0);
+            let mut loss = mass * s.ln() + if floor > 0.0 { floor * r } else { 0.0 };
+            for (cls, w) in entries.iter() {
+                loss += mul0(w, m - tp.scalar(z[cls as usize]));
+            }
+            (loss, k * mass / s)
+        };
+        if let Some(g) = g {
+            write_grad::<V>(e, None, c1, -k * floor, g);
+            // The explicit classes last, in f32: g_c = k·mass·p_c − k·floor − k·Σw.
+            for (cls, w) in entries.iter() {
+                g[cls as usize] -= k * w;
+            }
+        }
+        loss
+    }
+}
+
+/// Rows `blk.rows` of a cross-entropy problem; returns the sum of their losses.
+///
+/// # Safety
+/// `V`'s CPU requirement; `p` was validated (shapes, strides, labels) and `blk` comes from
+/// [`for_row_blocks`](super::for_row_blocks) with the gradient's stride `g_stride`.
+#[inline(always)]
+unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Block<'_>) -> f64 {
+    let c = p.c;
+    let tp = Temp::new(p.t);
+    let mut e = vec![0.0f32; c];
+    let Block {
+        rows,
+        mut grad,
+        mut row_losses,
+    } = blk;
+    let mut total = 0.0f64;
+    for (r, i) in rows.enumerate() {
+        let z = &p.z[i * p.z_stride..i * p.z_stride + c];
+        let g = grad
+            .as_deref_mut()
+            .map(|g| &mut g[r * g_stride..r * g_stride + c]);
+        let k = p.scale.get(i) / p.t;
+        // SAFETY: the slices all have length c; V's CPU requirement is the caller's.
+        let loss = unsafe {
+            match p.targets {
+                CeTargets::Dense { a, stride } => {
+                    dense_row::<V>(z, &a[i * stride..i * stride + c], tp, k, &mut e, g)
+                }
+                CeTargets::Structured { s, ignore } => {
+                    let (floor, entries) = s.row(i, c);
+                    if let (Some(ig), Some((y, _))) = (ignore, entries.iter().next()) {
+                        if y == ig {
+                            if let Some(g) = g {
+                                g.fill(0.0);
+                            }
+                            if let Some(rl) = row_losses.as_deref_mut() {
+                                rl[r] = 0.0;
+                            }
+                            continue;
+                        }
+                    }
+                    structured_row::<V>(z, floor, entries, tp, k, &mut e, g)
+                }
+            }
+        };
+        if let Some(rl) = row_losses.as_deref_mut() {
+            rl[r] = loss;
+        }
+        total += loss as f64;
+    }
+    total
+}
+
+stamp! {
+    /// Rows of a cross-entropy problem on the backend `isa`; returns the sum of their losses.
+    pub(crate) fn ce_block(p: &CeProblem<'_>, g_stride: usize, blk: Block<'_>) -> f64 = ce_block_generic;
+}

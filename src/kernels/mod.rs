@@ -1,0 +1,117 @@
+//! Kernels: each written once, generic over the vector trait [`F32x`](crate::simd::F32x), and
+//! stamped per backend inside a `#[target_feature]` entry point by [`stamp!`].
+//!
+//! The row-block driver [`for_row_blocks`] splits a call into blocks of rows whose size depends
+//! only on the shape (never on the thread count), runs them on rayon when the problem is
+//! large enough, and adds the blocks' partial losses in block order: results are identical
+//! whatever the number of threads.
+
+pub(crate) mod cross_entropy;
+
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Defines `$name(isa, args…)`, which runs the generic `$generic::<V>(args…)` with `V` the
+/// vector type of the backend `isa` proves available, compiled inside a `#[target_feature]`
+/// function so that every `#[inline(always)]` vector method is inlined with the backend's
+/// instructions.
+macro_rules! stamp {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty = $generic:ident;) => {
+        $(#[$meta])*
+        $vis fn $name(isa: crate::dispatch::Isa, $($arg: $ty),*) -> $ret {
+            match isa.backend() {
+                #[cfg(target_arch = "x86_64")]
+                crate::Backend::Avx512 => {
+                    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+                    unsafe fn imp($($arg: $ty),*) -> $ret {
+                        // SAFETY: this function is only called when the CPU has AVX-512
+                        // F/BW/VL/DQ, which is `Avx512`'s requirement.
+                        unsafe { $generic::<crate::simd::avx512::Avx512>($($arg),*) }
+                    }
+                    // SAFETY: an `Isa` holding `Avx512` is only made after the CPU was probed
+                    // for AVX-512 F/BW/VL/DQ (`Isa::resolve`).
+                    unsafe { imp($($arg),*) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                crate::Backend::Avx2 => {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn imp($($arg: $ty),*) -> $ret {
+                        // SAFETY: this function is only called when the CPU has AVX2 and FMA,
+                        // which is `Avx2`'s requirement.
+                        unsafe { $generic::<crate::simd::avx2::Avx2>($($arg),*) }
+                    }
+                    // SAFETY: an `Isa` holding `Avx2` is only made after the CPU was probed
+                    // for AVX2 and FMA (`Isa::resolve`).
+                    unsafe { imp($($arg),*) }
+                }
+                #[cfg(target_arch = "aarch64")]
+                crate::Backend::Neon => {
+                    #[target_feature(enable = "neon")]
+                    unsafe fn imp($($arg: $ty),*) -> $ret {
+                        // SAFETY: this function is only called when the CPU has NEON, which
+                        // is `Neon`'s requirement.
+                        unsafe { $generic::<crate::simd::neon::Neon>($($arg),*) }
+                    }
+                    // SAFETY: an `Isa` holding `Neon` is only made after the CPU was probed
+                    // for NEON (`Isa::resolve`).
+                    unsafe { imp($($arg),*) }
+                }
+                // SAFETY: the scalar vector type has no CPU requirement.
+                _ => unsafe { $generic::<crate::simd::scalar::S1>($($arg),*) },
+            }
+        }
+    };
+}
+pub(crate) use stamp;
+
+/// Logit elements per row block (a block is the unit of parallel work).
+const BLOCK_ELEMS: usize = 1 << 15;
+/// Below this many logit elements a call stays on the calling thread.
+const PARALLEL_MIN_ELEMS: usize = 1 << 17;
+
+/// One block of rows: their range, their gradient rows (a slice whose row `r` starts at
+/// `r · stride`) and their row-loss outputs.
+pub(crate) struct Block<'a> {
+    pub rows: Range<usize>,
+    pub grad: Option<&'a mut [f32]>,
+    pub row_losses: Option<&'a mut [f32]>,
+}
+
+/// Runs `body` over blocks of rows (in parallel for large problems) and returns the sum of
+/// the partial results in block order. `grad` is `(data, stride)` of an `n`-row gradient.
+pub(crate) fn for_row_blocks<F>(
+    n: usize,
+    c: usize,
+    grad: Option<(&mut [f32], usize)>,
+    row_losses: Option<&mut [f32]>,
+    body: F,
+) -> f64
+where
+    F: Fn(Block<'_>) -> f64 + Sync,
+{
+    let rows_per_block = (BLOCK_ELEMS / c.max(1)).clamp(1, n.max(1));
+    let nblocks = n.div_ceil(rows_per_block);
+    let mut blocks: Vec<Block<'_>> = (0..nblocks)
+        .map(|b| Block {
+            rows: b * rows_per_block..((b + 1) * rows_per_block).min(n),
+            grad: None,
+            row_losses: None,
+        })
+        .collect();
+    if let Some((g, stride)) = grad {
+        for (blk, chunk) in blocks.iter_mut().zip(g.chunks_mut(rows_per_block * stride)) {
+            blk.grad = Some(chunk);
+        }
+    }
+    if let Some(rl) = row_losses {
+        for (blk, chunk) in blocks.iter_mut().zip(rl.chunks_mut(rows_per_block)) {
+            blk.row_losses = Some(chunk);
+        }
+    }
+    let partials: Vec<f64> = if n.saturating_mul(c) >= PARALLEL_MIN_ELEMS && nblocks > 1 {
+        blocks.into_par_iter().map(&body).collect()
+    } else {
+        blocks.into_iter().map(&body).collect()
+    };
+    partials.iter().sum()
+}

@@ -1,0 +1,414 @@
+//! Every backend this CPU can run, forced per call, against the f64 reference: every
+//! cross-entropy variant, target form and reduction, on shapes that straddle the vector
+//! widths and on adversarial values (±80 and ±1e4 logits, −∞ masked classes, NaN, zero target
+//! rows, tiny temperatures).
+
+use proptest::prelude::*;
+use softnce::reference::{self, RefOutput, Request};
+use softnce::{
+    available_backends, Backend, HardCrossEntropy, MatMut, MatRef, Outputs, Reduction, RowParam,
+    SoftCrossEntropy, SparseTargets, Targets,
+};
+
+const CLASSES: &[usize] = &[1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 1000];
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+/// A logit value: mostly moderate, sometimes adversarial.
+fn logit() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        8 => -6.0f32..6.0,
+        1 => prop_oneof![Just(80.0f32), Just(-80.0), Just(1e4), Just(-1e4), -1e4f32..1e4],
+        1 => Just(f32::NEG_INFINITY),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    n: usize,
+    c: usize,
+    stride: usize,
+    t: f32,
+    logits: Vec<f32>,
+    dense: Vec<f32>,
+    labels: Vec<u32>,
+    partner: Vec<u32>,
+    lambda: Vec<f32>,
+    eps: f32,
+    csr_counts: Vec<usize>,
+    csr_classes: Vec<u32>,
+    csr_weights: Vec<f32>,
+    floors: Vec<f32>,
+    upstream: Vec<f32>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..7,
+        prop::sample::select(CLASSES),
+        0usize..3,
+        prop::sample::select(vec![0.05f32, 0.5, 1.0, 3.0, 20.0]),
+    )
+        .prop_flat_map(|(n, c, pad, t)| {
+            let stride = c + pad;
+            (
+                Just((n, c, stride, t)),
+                prop::collection::vec(logit(), n * stride),
+                prop::collection::vec(prop_oneof![2 => Just(0.0f32), 3 => 0.0f32..1.0], n * c),
+                prop::collection::vec(0..c as u32, n),
+                prop::collection::vec(0..c as u32, n),
+                prop::collection::vec(prop_oneof![Just(0.0f32), Just(1.0), 0.0f32..1.0], n),
+                prop_oneof![Just(0.0f32), Just(0.1), Just(1.0), 0.0f32..1.0],
+                prop::collection::vec(0usize..4, n),
+                prop::collection::vec((0..c as u32, 0.0f32..1.0), 4 * n),
+                prop::collection::vec(prop_oneof![Just(0.0f32), 0.0f32..0.05], n),
+                prop::collection::vec(-2.0f32..2.0, n),
+                prop::option::weighted(0.1, 0..n),
+            )
+        })
+        .prop_map(
+            |(
+                (n, c, stride, t),
+                mut logits,
+                mut dense,
+                labels,
+                partner,
+                lambda,
+                eps,
+                counts,
+                entries,
+                floors,
+                upstream,
+                nan_row,
+            )| {
+                // A zero target row now and then.
+                if n > 1 {
+                    dense[c..2 * c].fill(0.0);
+                }
+                if let Some(r) = nan_row {
+                    logits[r * stride] = f32::NAN;
+                }
+                // Keep padding finite garbage: it must never be read.
+                for i in 0..n {
+                    for k in c..stride {
+                        logits[i * stride + k] = f32::NAN;
+                    }
+                }
+                let total: usize = counts.iter().sum();
+                Case {
+                    n,
+                    c,
+                    stride,
+                    t,
+                    logits,
+                    dense,
+                    labels,
+                    partner,
+                    lambda,
+                    eps,
+                    csr_counts: counts,
+                    csr_classes: entries.iter().take(total).map(|e| e.0).collect(),
+                    csr_weights: entries.iter().take(total).map(|e| e.1).collect(),
+                    floors,
+                    upstream,
+                }
+            },
+        )
+}
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    if b.is_nan() {
+        a.is_nan()
+    } else if b.is_infinite() {
+        a == b
+    } else {
+        (a - b).abs() <= tol
+    }
+}
+
+/// Compares an f32 API result against the reference (loss, row losses, gradient).
+///
+/// Gradients are compared at the scale of the row's gradient: `|scale_i|/t · max(1, mass_i)`
+/// bounds every entry of row `i` (`gscale`), and f32 rounding is relative to it.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    what: &str,
+    loss: f32,
+    rows: &[f32],
+    grad: &[f32],
+    stride: usize,
+    c: usize,
+    r: &RefOutput,
+    gscale: f64,
+) {
+    let loss_tol = |b: f64| 3e-5 * b.abs().max(1.0);
+    assert!(
+        close(loss as f64, r.loss, loss_tol(r.loss)),
+        "{what}: loss {loss} vs {}",
+        r.loss
+    );
+    for (i, (&a, &b)) in rows.iter().zip(&r.row_losses).enumerate() {
+        assert!(close(a as f64, b, loss_tol(b)), "{what}: row {i} loss {a} vs {b}");
+    }
+    let scale = r
+        .grad_logits
+        .iter()
+        .filter(|g| g.is_finite())
+        .fold(gscale, |m, g| m.max(g.abs()));
+    for (k, &b) in r.grad_logits.iter().enumerate() {
+        let (i, j) = (k / c, k % c);
+        let a = grad[i * stride + j] as f64;
+        assert!(
+            close(a, b, 3e-5 * scale),
+            "{what}: grad[{i},{j}] {a} vs {b} (scale {scale})"
+        );
+    }
+    // Padding between rows is never written.
+    for i in 0..rows.len() {
+        for k in c..stride {
+            if i * stride + k < grad.len() {
+                assert_eq!(
+                    grad[i * stride + k].to_bits(),
+                    7.0f32.to_bits(),
+                    "{what}: padding written"
+                );
+            }
+        }
+    }
+}
+
+fn run_all(case: &Case, reduction: Reduction) {
+    let Case { n, c, stride, t, .. } = *case;
+    let z = MatRef::with_stride(&case.logits, n, c, stride).unwrap();
+    let mut indptr = vec![0usize];
+    for &k in &case.csr_counts {
+        indptr.push(indptr.last().unwrap() + k);
+    }
+    let sparse = SparseTargets::new(
+        &indptr,
+        &case.csr_classes,
+        &case.csr_weights,
+        RowParam::PerRow(&case.floors),
+    );
+    let forms: Vec<(&str, Targets<'_>)> = vec![
+        ("dense", Targets::Dense(MatRef::new(&case.dense, n, c).unwrap())),
+        ("hard", Targets::hard(&case.labels, case.eps)),
+        (
+            "mixed/row",
+            Targets::mixed(
+                &case.labels,
+                &case.partner,
+                RowParam::PerRow(&case.lambda),
+                case.eps,
+            ),
+        ),
+        (
+            "mixed/batch",
+            Targets::mixed(
+                &case.labels,
+                &case.partner,
+                RowParam::Batch(case.lambda[0]),
+                case.eps,
+            ),
+        ),
+        ("sparse", Targets::Sparse(sparse)),
+    ];
+    let up = (reduction == Reduction::None).then_some(&case.upstream[..]);
+    let req = Request {
+        grad_logits: true,
+        grad_targets: false,
+        upstream: up,
+    };
+    fn outputs<'o>(
+        g: &'o mut [f32],
+        rows: &'o mut [f32],
+        shape: (usize, usize, usize),
+        up: Option<&'o [f32]>,
+    ) -> Outputs<'o, f32> {
+        let (n, c, stride) = shape;
+        let o = Outputs::new()
+            .grad_logits(MatMut::with_stride(g, n, c, stride).unwrap())
+            .row_losses(rows);
+        match up {
+            Some(u) => o.upstream(u),
+            None => o,
+        }
+    }
+    // Row masses of each form, from the definitions (DESIGN §1e).
+    let masses = |name: &str| -> Vec<f64> {
+        (0..n)
+            .map(|i| match name {
+                "dense" => case.dense[i * c..(i + 1) * c].iter().map(|&v| v as f64).sum(),
+                "sparse" => {
+                    let (lo, hi) = (indptr[i], indptr[i + 1]);
+                    case.floors[i] as f64 * c as f64
+                        + case.csr_weights[lo..hi].iter().map(|&w| w as f64).sum::<f64>()
+                }
+                _ => 1.0,
+            })
+            .collect()
+    };
+    let gscale = |name: &str, count: usize| -> f64 {
+        masses(name)
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let s = match reduction {
+                    Reduction::Mean => 1.0 / count.max(1) as f64,
+                    Reduction::Sum => 1.0,
+                    Reduction::None => case.upstream[i].abs() as f64,
+                };
+                s / t as f64 * m.max(1.0)
+            })
+            .fold(1e-30, f64::max)
+    };
+    for backend in available_backends() {
+        for (name, targets) in &forms {
+            let cfg = SoftCrossEntropy::new().temperature(t).reduction(reduction);
+            let r = reference::soft_cross_entropy(&cfg, z, targets, &req).unwrap();
+            let mut g = vec![7.0f32; n * stride];
+            let mut rows = vec![0.0f32; n];
+            let loss = cfg
+                .backend(Some(backend))
+                .compute(z, targets, outputs(&mut g, &mut rows, (n, c, stride), up))
+                .unwrap();
+            compare(
+                &format!("{backend} soft CE {name} {reduction:?}"),
+                loss,
+                &rows,
+                &g,
+                stride,
+                c,
+                &r,
+                gscale(name, n),
+            );
+            let loss_only = cfg.backend(Some(backend)).loss(z, targets).unwrap();
+            assert!(loss_only.to_bits() == loss.to_bits() || (loss.is_nan() && loss_only.is_nan()));
+        }
+        // Hard CE with smoothing, with and without an ignored row.
+        let mut labels = case.labels.clone();
+        for ignore in [None, Some(u32::MAX)] {
+            if ignore.is_some() {
+                labels[0] = u32::MAX;
+            }
+            let cfg = HardCrossEntropy::new()
+                .temperature(t)
+                .smoothing(case.eps)
+                .ignore_index(ignore)
+                .reduction(reduction);
+            let r = reference::hard_cross_entropy(&cfg, z, &labels, &req).unwrap();
+            let mut g = vec![7.0f32; n * stride];
+            let mut rows = vec![0.0f32; n];
+            let loss = cfg
+                .backend(Some(backend))
+                .compute(z, &labels, outputs(&mut g, &mut rows, (n, c, stride), up))
+                .unwrap();
+            let count = labels.iter().filter(|&&y| Some(y) != ignore).count();
+            compare(
+                &format!("{backend} hard CE ignore={ignore:?} {reduction:?}"),
+                loss,
+                &rows,
+                &g,
+                stride,
+                c,
+                &r,
+                gscale("hard", count),
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn backends_match_reference_mean(case in case()) {
+        run_all(&case, Reduction::Mean);
+    }
+
+    #[test]
+    fn backends_match_reference_sum(case in case()) {
+        run_all(&case, Reduction::Sum);
+    }
+
+    #[test]
+    fn backends_match_reference_none(case in case()) {
+        run_all(&case, Reduction::None);
+    }
+}
+
+/// Large rows (several blocks, parallel path) agree with the reference and do not depend on
+/// the number of threads.
+#[test]
+fn large_problem_all_backends_and_thread_counts() {
+    let (n, c) = (64usize, 4099usize);
+    let mut s = 12345u64;
+    let mut next = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let logits: Vec<f32> = (0..n * c).map(|_| 10.0 * next() - 5.0).collect();
+    let dense: Vec<f32> = (0..n * c).map(|_| next()).collect();
+    let z = MatRef::new(&logits, n, c).unwrap();
+    let targets = Targets::Dense(MatRef::new(&dense, n, c).unwrap());
+    let cfg = SoftCrossEntropy::new().temperature(0.7);
+    let r = reference::soft_cross_entropy(&cfg, z, &targets, &Request::loss_and_grad()).unwrap();
+    for backend in available_backends() {
+        let mut results = Vec::new();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut g = vec![0.0f32; n * c];
+            let mut rows = vec![0.0f32; n];
+            let loss = pool.install(|| {
+                cfg.backend(Some(backend))
+                    .compute(
+                        z,
+                        &targets,
+                        Outputs::new()
+                            .grad_logits(MatMut::new(&mut g, n, c).unwrap())
+                            .row_losses(&mut rows),
+                    )
+                    .unwrap()
+            });
+            compare(
+                &format!("{backend} large, {threads} threads"),
+                loss,
+                &rows,
+                &g,
+                c,
+                c,
+                &r,
+                0.0,
+            );
+            results.push((loss.to_bits(), g));
+        }
+        assert!(
+            results.windows(2).all(|w| w[0] == w[1]),
+            "{backend}: results depend on the thread count"
+        );
+    }
+}
+
+#[test]
+fn forcing_an_unavailable_backend_is_an_error() {
+    let z = [0.0f32; 4];
+    let y = [0u32, 1];
+    for b in Backend::ALL {
+        let res = HardCrossEntropy::new()
+            .backend(Some(b))
+            .loss(MatRef::new(&z, 2, 2).unwrap(), &y);
+        if b.is_available() {
+            assert!(res.is_ok());
+        } else {
+            assert_eq!(res, Err(softnce::Error::BackendUnavailable(b)));
+        }
+    }
+}
