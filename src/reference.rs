@@ -77,10 +77,11 @@ pub struct RefOutput {
     pub grad_targets: Vec<f64>,
 }
 
-/// `a · g` with the convention `0 · (−∞) = 0`.
+/// `a · g` with the convention `0 · (±∞) = 0` (a zero weight on a masked class contributes
+/// nothing); NaN still propagates.
 #[inline]
 fn mul0(a: f64, g: f64) -> f64 {
-    if a == 0.0 && g == f64::NEG_INFINITY {
+    if a == 0.0 && g.is_infinite() {
         0.0
     } else {
         a * g
@@ -131,7 +132,7 @@ pub fn soft_infonce<T: Element>(
     targets: &Targets<'_, T>,
     req: &Request<'_>,
 ) -> Result<RefOutput> {
-    let m = cfg.validate(&logits, targets)?;
+    let m = cfg.validate(&logits, targets, None)?;
     check_request(cfg.get_reduction(), req, logits.rows())?;
     if req.grad_targets && !matches!(targets, Targets::Dense(_)) {
         return Err(Error::TargetGradientNeedsDense);
@@ -183,7 +184,8 @@ pub fn soft_infonce<T: Element>(
                 for (pj, sj) in p.iter_mut().zip(&s) {
                     *pj = (sj - mx).exp() / sum;
                 }
-                loss = mx + sum.ln() - s[pos];
+                // (mx − S_pos) + ln Σ: no cancellation between two large numbers.
+                loss = (mx - s[pos]) + sum.ln();
             }
         }
         row_losses[i] = loss;
@@ -229,9 +231,13 @@ fn ce_row(u: &[f64], a: &[f64], t: f64, scale: f64, grad: Option<&mut [f64]>) ->
             (f64::INFINITY, vec![0.0; u.len()])
         } else {
             let sum: f64 = u.iter().map(|x| (x - mx).exp()).sum();
-            let lse = mx + sum.ln();
-            let dot: f64 = a.iter().zip(u).map(|(&ac, &uc)| mul0(ac, uc)).sum();
-            (mass * lse - dot, u.iter().map(|x| (x - mx).exp() / sum).collect())
+            // mass·(mx + ln Σ) − a·u written as a sum of non-negative terms (no cancellation
+            // between two large numbers when the logits are large).
+            let gap: f64 = a.iter().zip(u).map(|(&ac, &uc)| mul0(ac, mx - uc)).sum();
+            (
+                mass * sum.ln() + gap,
+                u.iter().map(|x| (x - mx).exp() / sum).collect(),
+            )
         }
     };
     if let Some(g) = grad {
@@ -252,7 +258,7 @@ pub fn soft_cross_entropy<T: Element>(
     targets: &Targets<'_, T>,
     req: &Request<'_>,
 ) -> Result<RefOutput> {
-    cfg.validate(&logits, targets)?;
+    cfg.validate(&logits, targets, None)?;
     check_request(cfg.get_reduction(), req, logits.rows())?;
     if req.grad_targets {
         return Err(Error::TargetGradientNeedsDense);
