@@ -10,7 +10,9 @@
 //! | [`Targets::Mixed`] | `(1 − ε)·(λ_j·e_{a_j} + (1 − λ_j)·e_{b_j}) + ε/C` |
 //! | [`Targets::Sparse`] | `floor_j + Σ_k w_k·e_{c_k}` over the row's CSR entries (duplicates add) |
 
+use crate::dispatch::Isa;
 use crate::error::{Error, Result};
+use crate::kernels::validate::dense_valid;
 use crate::view::{Element, MatRef};
 
 /// A per-row parameter that is either one value for the whole batch or one value per row.
@@ -176,8 +178,10 @@ impl<'a, T: Element> Targets<'a, T> {
         }
     }
 
-    /// Checks the targets against `classes` columns; returns the number of rows `M`.
-    pub(crate) fn validate(&self, classes: usize) -> Result<usize> {
+    /// Checks the targets against `classes` columns; returns the number of rows `M`. With an
+    /// `isa`, dense `f32` weights are checked by the vectorised kernel first (the scalar loop
+    /// then only runs to name the first bad entry).
+    pub(crate) fn validate(&self, classes: usize, isa: Option<Isa>) -> Result<usize> {
         match self {
             Targets::Dense(m) => {
                 if m.cols() != classes {
@@ -186,6 +190,11 @@ impl<'a, T: Element> Targets<'a, T> {
                         expected: classes,
                         found: m.cols(),
                     });
+                }
+                if let (Some(isa), Some(a)) = (isa, T::as_f32_slice(m.data())) {
+                    if dense_valid(isa, a, m.rows(), m.cols(), m.stride()) {
+                        return Ok(m.rows());
+                    }
                 }
                 for j in 0..m.rows() {
                     for (c, &v) in m.row(j).iter().enumerate() {

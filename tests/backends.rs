@@ -149,8 +149,9 @@ fn compare(
     let loss_tol = |b: f64| 3e-5 * b.abs().max(1.0);
     assert!(
         close(loss as f64, r.loss, loss_tol(r.loss)),
-        "{what}: loss {loss} vs {}",
-        r.loss
+        "{what}: loss {loss} vs {} (rows {rows:?}, reference rows {:?})",
+        r.loss,
+        r.row_losses
     );
     for (i, (&a, &b)) in rows.iter().zip(&r.row_losses).enumerate() {
         assert!(close(a as f64, b, loss_tol(b)), "{what}: row {i} loss {a} vs {b}");

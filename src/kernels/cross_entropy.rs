@@ -99,7 +99,9 @@ impl Temp {
     }
 }
 
-/// Sweep 1: the NaN-propagating maximum of `u = z/t` over the row.
+/// Sweep 1: the NaN-propagating maximum of the raw logits `z` over the row (the maximum of
+/// `u = z/t` is `max(z)/t`; the kernels only ever scale differences `z − max z`, so finite
+/// logits whose `z/t` would overflow f32 stay finite).
 ///
 /// # Safety
 /// `V`'s CPU requirement.
@@ -128,8 +130,7 @@ unsafe fn row_max<V: F32x>(z: &[f32], tp: Temp) -> f32 {
         if i < n {
             m1 = m1.max_nan(V::load_partial(p.add(i), n - i, f32::NEG_INFINITY));
         }
-        // max(z)/t = max(z/t) since t > 0 (and NaN / ±inf survive the division).
-        tp.scalar(m0.max_nan(m1).max_nan(m2.max_nan(m3)).hmax())
+        m0.max_nan(m1).max_nan(m2.max_nan(m3)).hmax()
     }
 }
 
@@ -144,8 +145,9 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
     unsafe { V::load_partial(ONES.as_ptr(), n, 0.0) }
 }
 
-/// Sweep 2, dense targets: `e = exp(u − m)` into `e`, returns `(S, mass, T)` with
-/// `T = Σ a_c (m − u_c)` (a zero weight contributes 0 even where `u_c = −∞`).
+/// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`,
+/// returns `(S, mass, T)` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even
+/// where `z_c = −∞`).
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite.
@@ -160,11 +162,13 @@ unsafe fn dense_stats<V: F32x>(z: &[f32], a: &[f32], m: f32, tp: Temp, e: &mut [
         let vm = V::splat(m);
         let (mut s, mut mass, mut tt) = (V::zero(), V::zero(), V::zero());
         let mut i = 0;
-        let step = |u: V, av: V| (u.sub(vm).exp(), vm.sub(u).mul(av).zero_where_zero(av));
+        // No closures here: a closure would be compiled without the entry point's target
+        // features and the vector intrinsics would not inline.
         while i + l <= n {
-            let u = tp.vec(V::load(zp.add(i)));
+            let zv = V::load(zp.add(i));
             let av = V::load(ap.add(i));
-            let (ev, w) = step(u, av);
+            let ev = tp.vec(zv.sub(vm)).exp();
+            let w = tp.vec(vm.sub(zv)).mul(av).zero_where_zero(av);
             ev.store(ep.add(i));
             s = s.add(ev);
             mass = mass.add(av);
@@ -173,9 +177,10 @@ unsafe fn dense_stats<V: F32x>(z: &[f32], a: &[f32], m: f32, tp: Temp, e: &mut [
         }
         if i < n {
             let r = n - i;
-            let u = tp.vec(V::load_partial(zp.add(i), r, f32::NEG_INFINITY));
+            let zv = V::load_partial(zp.add(i), r, f32::NEG_INFINITY);
             let av = V::load_partial(ap.add(i), r, 0.0);
-            let (ev, w) = step(u, av);
+            let ev = tp.vec(zv.sub(vm)).exp();
+            let w = tp.vec(vm.sub(zv)).mul(av).zero_where_zero(av);
             ev.store_partial(ep.add(i), r);
             s = s.add(ev);
             mass = mass.add(av);
@@ -185,8 +190,8 @@ unsafe fn dense_stats<V: F32x>(z: &[f32], a: &[f32], m: f32, tp: Temp, e: &mut [
     }
 }
 
-/// Sweep 2, structured targets: `e = exp(u − m)` into `e`, returns `(S, R)` with
-/// `R = Σ_c (m − u_c)` when `want_r` (else 0).
+/// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
+/// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0).
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite.
@@ -201,8 +206,8 @@ unsafe fn exp_stats<V: F32x>(z: &[f32], m: f32, tp: Temp, e: &mut [f32], want_r:
         let (mut s, mut r) = (V::zero(), V::zero());
         let mut i = 0;
         while i + l <= n {
-            let u = tp.vec(V::load(zp.add(i)));
-            let (ev, d) = (u.sub(vm).exp(), vm.sub(u));
+            let zv = V::load(zp.add(i));
+            let (ev, d) = (tp.vec(zv.sub(vm)).exp(), tp.vec(vm.sub(zv)));
             ev.store(ep.add(i));
             s = s.add(ev);
             if want_r {
@@ -212,8 +217,8 @@ unsafe fn exp_stats<V: F32x>(z: &[f32], m: f32, tp: Temp, e: &mut [f32], want_r:
         }
         if i < n {
             let k = n - i;
-            let u = tp.vec(V::load_partial(zp.add(i), k, f32::NEG_INFINITY));
-            let (ev, d) = (u.sub(vm).exp(), vm.sub(u));
+            let zv = V::load_partial(zp.add(i), k, f32::NEG_INFINITY);
+            let (ev, d) = (tp.vec(zv.sub(vm)).exp(), tp.vec(vm.sub(zv)));
             ev.store_partial(ep.add(i), k);
             s = s.add(ev);
             if want_r {
@@ -376,7 +381,7 @@ unsafe fn structured_row<V: F32x>(
             let (s, r) = exp_stats::<V>(z, m, tp, e, floor > 0.0);
             let mut loss = mass * s.ln() + if floor > 0.0 { floor * r } else { 0.0 };
             for (cls, w) in entries.iter() {
-                loss += mul0(w, m - tp.scalar(z[cls as usize]));
+                loss += mul0(w, tp.scalar(m - z[cls as usize]));
             }
             (loss, k * mass / s)
         };

@@ -154,13 +154,13 @@ impl HardCrossEntropy {
         labels: &[u32],
         outputs: Outputs<'_, T>,
     ) -> Result<f32> {
+        let isa = Isa::resolve(self.backend)?;
         check_logits(&logits)?;
         self.validate(&logits, labels)?;
         check_outputs(&logits, &outputs, self.reduction, labels.len())?;
         if outputs.grad_targets.is_some() {
             return Err(Error::TargetGradientNeedsDense);
         }
-        let isa = Isa::resolve(self.backend)?;
         Ok(dispatch::hard_cross_entropy(isa, self, logits, labels, outputs))
     }
 

@@ -190,12 +190,12 @@ impl<'n> SoftInfoNce<'n> {
         targets: &Targets<'_, T>,
         outputs: Outputs<'_, T>,
     ) -> Result<f32> {
-        let m = self.validate(&logits, targets)?;
+        let isa = Isa::resolve(self.backend)?;
+        let m = self.validate(&logits, targets, Some(isa))?;
         check_outputs(&logits, &outputs, self.reduction, m)?;
         if outputs.grad_targets.is_some() && !matches!(targets, Targets::Dense(_)) {
             return Err(Error::TargetGradientNeedsDense);
         }
-        let isa = Isa::resolve(self.backend)?;
         Ok(dispatch::soft_infonce(isa, self, logits, targets, outputs))
     }
 
@@ -204,6 +204,7 @@ impl<'n> SoftInfoNce<'n> {
         &self,
         logits: &MatRef<'_, T>,
         targets: &Targets<'_, T>,
+        isa: Option<Isa>,
     ) -> Result<usize> {
         check_logits(logits)?;
         check_temperature(self.temperature)?;
@@ -227,7 +228,7 @@ impl<'n> SoftInfoNce<'n> {
                 }
             }
         }
-        let m = targets.validate(c)?;
+        let m = targets.validate(c, isa)?;
         if self.offset.checked_add(logits.rows()).is_none_or(|end| end > m) {
             return Err(Error::OffsetOutOfRange {
                 offset: self.offset,

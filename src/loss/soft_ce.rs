@@ -129,12 +129,12 @@ impl SoftCrossEntropy {
         targets: &Targets<'_, T>,
         outputs: Outputs<'_, T>,
     ) -> Result<f32> {
-        let m = self.validate(&logits, targets)?;
+        let isa = Isa::resolve(self.backend)?;
+        let m = self.validate(&logits, targets, Some(isa))?;
         check_outputs(&logits, &outputs, self.reduction, m)?;
         if outputs.grad_targets.is_some() {
             return Err(Error::TargetGradientNeedsDense);
         }
-        let isa = Isa::resolve(self.backend)?;
         Ok(dispatch::soft_cross_entropy(isa, self, logits, targets, outputs))
     }
 
@@ -143,10 +143,11 @@ impl SoftCrossEntropy {
         &self,
         logits: &MatRef<'_, T>,
         targets: &Targets<'_, T>,
+        isa: Option<Isa>,
     ) -> Result<usize> {
         check_logits(logits)?;
         check_temperature(self.temperature)?;
-        let m = targets.validate(logits.cols())?;
+        let m = targets.validate(logits.cols(), isa)?;
         if m != logits.rows() {
             return Err(Error::ShapeMismatch {
                 what: "cross-entropy target rows vs logit rows",

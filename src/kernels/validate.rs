@@ -1,0 +1,60 @@
+//! Vectorised check that dense `f32` target weights are finite and non-negative.
+//!
+//! It only answers yes or no; on "no" the caller rescans with the scalar loop to report the
+//! first offending entry, so errors are identical on every backend.
+
+use super::stamp;
+use crate::dispatch::Isa;
+use crate::simd::F32x;
+use rayon::prelude::*;
+
+/// Whether rows `r0..r1` (of `cols` entries, `stride` apart in `a`) hold only finite values
+/// `>= 0`: `max(v) < +∞` and `max(−v) <= 0`, both with NaN propagating.
+///
+/// # Safety
+/// `V`'s CPU requirement; every row `r0..r1` lies inside `a`.
+#[inline(always)]
+unsafe fn rows_valid_generic<V: F32x>(a: &[f32], stride: usize, cols: usize, r0: usize, r1: usize) -> bool {
+    let l = V::LANES;
+    // SAFETY: V's CPU features are the caller's guarantee; each row spans
+    // `a[i·stride .. i·stride + cols]`, inside `a` by the caller's guarantee, and the loads
+    // are full vectors below `cols` and one partial vector for the tail.
+    unsafe {
+        let zero = V::zero();
+        let (mut hi, mut neg) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
+        for i in r0..r1 {
+            let p = a.as_ptr().add(i * stride);
+            let mut k = 0;
+            while k + l <= cols {
+                let v = V::load(p.add(k));
+                hi = hi.max_nan(v);
+                neg = neg.max_nan(zero.sub(v));
+                k += l;
+            }
+            if k < cols {
+                let v = V::load_partial(p.add(k), cols - k, 0.0);
+                hi = hi.max_nan(v);
+                neg = neg.max_nan(zero.sub(v));
+            }
+        }
+        let (hi, neg) = (hi.hmax(), neg.hmax());
+        hi < f32::INFINITY && neg <= 0.0
+    }
+}
+
+stamp! {
+    fn rows_valid(a: &[f32], stride: usize, cols: usize, r0: usize, r1: usize) -> bool = rows_valid_generic;
+}
+
+/// Whether the `rows × cols` matrix `a` (row stride `stride`) holds only finite values `>= 0`;
+/// large matrices are checked on rayon.
+pub(crate) fn dense_valid(isa: Isa, a: &[f32], rows: usize, cols: usize, stride: usize) -> bool {
+    const BLOCK: usize = 1 << 16;
+    let per = (BLOCK / cols.max(1)).max(1);
+    if rows * cols < 4 * BLOCK {
+        return rows_valid(isa, a, stride, cols, 0, rows);
+    }
+    (0..rows.div_ceil(per))
+        .into_par_iter()
+        .all(|b| rows_valid(isa, a, stride, cols, b * per, ((b + 1) * per).min(rows)))
+}
