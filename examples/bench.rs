@@ -1,0 +1,242 @@
+//! A small command-line timer for the loss kernels; prints one JSON line per run.
+//!
+//! ```text
+//! cargo run --release --example bench -- --loss soft-ce|hard-ce|soft-infonce \
+//!     --targets dense|hard|mixed|sparse --n N [--m M] --c C \
+//!     [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline]
+//! ```
+//!
+//! `gbps` is the minimal number of bytes the call must move (logits and dense targets read
+//! once, the gradient written once) divided by the median time; `gflops` counts the
+//! `4·N·M·C` multiply-adds of dense InfoNCE. `--roofline` also measures, in the same run, the
+//! machine's streaming bandwidth with a loop of the same shape (read two arrays of the
+//! problem's size, write one: `stream_gbps`) and reports the fraction reached.
+
+use rayon::prelude::*;
+use softnce::{
+    Backend, HardCrossEntropy, MatMut, MatRef, Outputs, RowParam, SoftCrossEntropy, SoftInfoNce,
+    SparseTargets, Targets,
+};
+use std::hint::black_box;
+use std::time::Instant;
+
+struct Args {
+    loss: String,
+    targets: String,
+    n: usize,
+    m: usize,
+    c: usize,
+    backend: Option<Backend>,
+    threads: usize,
+    reps: usize,
+    grad: bool,
+    roofline: bool,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    eprintln!(
+        "usage: bench --loss soft-ce|hard-ce|soft-infonce --targets dense|hard|mixed|sparse --n N [--m M] --c C \
+         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline]"
+    );
+    std::process::exit(2)
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        loss: "soft-ce".into(),
+        targets: "dense".into(),
+        n: 256,
+        m: 0,
+        c: 1000,
+        backend: None,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        reps: 20,
+        grad: true,
+        roofline: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
+        let num = |v: String| {
+            v.parse::<usize>()
+                .unwrap_or_else(|_| usage(&format!("bad number {v:?}")))
+        };
+        match flag.as_str() {
+            "--loss" => a.loss = val(),
+            "--targets" => a.targets = val(),
+            "--n" => a.n = num(val()),
+            "--m" => a.m = num(val()),
+            "--c" => a.c = num(val()),
+            "--threads" => a.threads = num(val()),
+            "--reps" => a.reps = num(val()).max(1),
+            "--backend" => {
+                let v = val();
+                a.backend = (v != "auto").then(|| v.parse().unwrap_or_else(|e| usage(&format!("{e}"))));
+            }
+            "--no-grad" => a.grad = false,
+            "--roofline" => a.roofline = true,
+            "-h" | "--help" => usage("help requested"),
+            other => usage(&format!("unknown flag {other}")),
+        }
+    }
+    if a.m == 0 {
+        a.m = a.n;
+    }
+    a
+}
+
+/// Deterministic uniform numbers in [0, 1).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Streaming bandwidth of `g = z + a` over arrays of `len` f32 (2 reads, 1 write), in GB/s,
+/// median of `reps`, on the current rayon pool.
+fn stream_gbps(len: usize, reps: usize) -> f64 {
+    let z = vec![1.0f32; len];
+    let a = vec![2.0f32; len];
+    let mut g = vec![0.0f32; len];
+    let chunk = 1 << 16;
+    let mut times = Vec::new();
+    for _ in 0..reps + 1 {
+        let t0 = Instant::now();
+        g.par_chunks_mut(chunk)
+            .zip(z.par_chunks(chunk).zip(a.par_chunks(chunk)))
+            .for_each(|(g, (z, a))| {
+                for ((g, z), a) in g.iter_mut().zip(z).zip(a) {
+                    *g = z + a;
+                }
+            });
+        black_box(&g);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.remove(0);
+    (12 * len) as f64 / median(&mut times) / 1e9
+}
+
+fn main() {
+    let args = parse();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()
+        .unwrap();
+    pool.install(|| run(&args));
+}
+
+fn run(args: &Args) {
+    let (n, c) = (args.n, args.c);
+    let m = if args.loss == "soft-infonce" { args.m } else { n };
+    let mut rng = Lcg(42);
+    let logits: Vec<f32> = (0..n * c).map(|_| 8.0 * rng.next() - 4.0).collect();
+    let labels: Vec<u32> = (0..m)
+        .map(|_| (rng.next() * c as f32) as u32 % c as u32)
+        .collect();
+    let partner: Vec<u32> = labels.iter().rev().copied().collect();
+    let eps = 0.1f32;
+    let dense: Vec<f32> = if args.targets == "dense" {
+        let mut d: Vec<f32> = (0..m * c).map(|_| rng.next()).collect();
+        for row in d.chunks_mut(c) {
+            let s: f32 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= s);
+        }
+        d
+    } else {
+        Vec::new()
+    };
+    let indptr: Vec<usize> = (0..=m).map(|j| 2 * j).collect();
+    let indices: Vec<u32> = labels.iter().zip(&partner).flat_map(|(&a, &b)| [a, b]).collect();
+    let weights: Vec<f32> = (0..m)
+        .flat_map(|_| [0.7 * (1.0 - eps), 0.3 * (1.0 - eps)])
+        .collect();
+    let targets: Targets<'_> = match args.targets.as_str() {
+        "dense" => Targets::Dense(MatRef::new(&dense, m, c).unwrap()),
+        "hard" => Targets::hard(&labels, eps),
+        "mixed" => Targets::mixed(&labels, &partner, RowParam::Batch(0.7), eps),
+        "sparse" => Targets::Sparse(SparseTargets::new(
+            &indptr,
+            &indices,
+            &weights,
+            RowParam::Batch(eps / c as f32),
+        )),
+        other => usage(&format!("unknown targets {other}")),
+    };
+    let z = MatRef::new(&logits, n, c).unwrap();
+    let mut grad = vec![0.0f32; n * c];
+    let backend = args
+        .backend
+        .map_or_else(|| softnce::default_backend().unwrap(), |b| b);
+
+    let call = |grad: &mut [f32]| -> f32 {
+        let out = if args.grad {
+            Outputs::new().grad_logits(MatMut::new(grad, n, c).unwrap())
+        } else {
+            Outputs::new()
+        };
+        let r = match args.loss.as_str() {
+            "soft-ce" => SoftCrossEntropy::new()
+                .backend(Some(backend))
+                .compute(z, &targets, out),
+            "soft-infonce" => SoftInfoNce::new()
+                .backend(Some(backend))
+                .compute(z, &targets, out),
+            "hard-ce" => HardCrossEntropy::new()
+                .smoothing(eps)
+                .backend(Some(backend))
+                .compute(z, &labels[..n], out),
+            other => usage(&format!("unknown loss {other}")),
+        };
+        r.unwrap_or_else(|e| usage(&format!("{e}")))
+    };
+    let loss = call(&mut grad); // warm-up: page in every buffer
+    let mut times = Vec::with_capacity(args.reps);
+    for _ in 0..args.reps {
+        let t0 = Instant::now();
+        black_box(call(black_box(&mut grad)));
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let med = median(&mut times);
+
+    let dense_target_bytes = if args.targets == "dense" { 4 * m * c } else { 0 };
+    let grad_bytes = if args.grad { 4 * n * c } else { 0 };
+    let bytes = 4 * n * c + dense_target_bytes + grad_bytes;
+    let gbps = bytes as f64 / med / 1e9;
+    let mut json = format!(
+        "{{\"loss_kind\":\"{}\",\"targets\":\"{}\",\"n\":{n},\"m\":{m},\"c\":{c},\"grad\":{},\"backend\":\"{}\",\
+         \"threads\":{},\"reps\":{},\"loss\":{loss},\"median_ms\":{:.4},\"min_ms\":{:.4},\"bytes\":{bytes},\"gbps\":{:.2}",
+        args.loss,
+        args.targets,
+        args.grad,
+        backend,
+        args.threads,
+        args.reps,
+        med * 1e3,
+        min * 1e3,
+        gbps
+    );
+    if args.loss == "soft-infonce" && args.targets == "dense" {
+        let flops = if args.grad { 4 } else { 2 } as f64 * (n * m * c) as f64;
+        json += &format!(",\"gflops\":{:.2}", flops / med / 1e9);
+    }
+    if args.roofline {
+        let s = stream_gbps(n * c, args.reps.clamp(5, 20));
+        json += &format!(",\"stream_gbps\":{s:.2},\"fraction_of_stream\":{:.3}", gbps / s);
+    }
+    println!("{json}}}");
+}
