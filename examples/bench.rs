@@ -178,9 +178,10 @@ fn run(args: &Args) {
     };
     let z = MatRef::new(&logits, n, c).unwrap();
     let mut grad = vec![0.0f32; n * c];
-    let backend = args
-        .backend
-        .map_or_else(|| softnce::default_backend().unwrap(), |b| b);
+    let backend = match args.backend {
+        Some(b) => b,
+        None => softnce::default_backend().unwrap_or_else(|e| usage(&format!("{e}"))),
+    };
 
     let call = |grad: &mut [f32]| -> f32 {
         let out = if args.grad {

@@ -325,7 +325,11 @@ fn run_all(case: &Case, reduction: Reduction) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn backends_match_reference_mean(case in case()) {

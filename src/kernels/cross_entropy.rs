@@ -106,7 +106,7 @@ impl Temp {
 /// # Safety
 /// `V`'s CPU requirement.
 #[inline(always)]
-unsafe fn row_max<V: F32x>(z: &[f32], tp: Temp) -> f32 {
+unsafe fn row_max<V: F32x>(z: &[f32]) -> f32 {
     let n = z.len();
     let p = z.as_ptr();
     let l = V::LANES;
@@ -325,7 +325,7 @@ unsafe fn dense_row<V: F32x>(
 ) -> f32 {
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
     unsafe {
-        let m = row_max::<V>(z, tp);
+        let m = row_max::<V>(z);
         if m.is_nan() || m == f32::INFINITY {
             if let Some(g) = g {
                 g.fill(f32::NAN);
@@ -367,7 +367,7 @@ unsafe fn structured_row<V: F32x>(
     let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
     unsafe {
-        let m = row_max::<V>(z, tp);
+        let m = row_max::<V>(z);
         if m.is_nan() || m == f32::INFINITY {
             if let Some(g) = g {
                 g.fill(f32::NAN);
