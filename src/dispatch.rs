@@ -241,6 +241,14 @@ fn run_ce<T: Element>(
     }
 }
 
+/// Gradients larger than this many bytes are written with non-temporal stores: they cannot
+/// stay in cache anyway, and streaming stores skip the read for ownership.
+const STREAM_MIN_BYTES: usize = 64 << 20;
+
+fn stream_gradient(n: usize, c: usize) -> bool {
+    n.saturating_mul(c).saturating_mul(4) >= STREAM_MIN_BYTES
+}
+
 fn row_scale<'a>(reduction: Reduction, count: usize, upstream: Option<&'a [f32]>) -> RowScale<'a> {
     match (reduction, upstream) {
         (Reduction::Mean, _) => RowScale::All(1.0 / count as f32),
@@ -278,6 +286,7 @@ pub(crate) fn soft_cross_entropy<T: Element>(
         t: cfg.get_temperature(),
         targets: ce_targets,
         scale: row_scale(cfg.get_reduction(), n, outputs.upstream),
+        stream: stream_gradient(n, logits.cols()),
     };
     run_ce(isa, p, n, outputs, cfg.get_reduction(), n)
 }
@@ -310,6 +319,7 @@ pub(crate) fn hard_cross_entropy<T: Element>(
             ignore,
         },
         scale: row_scale(cfg.get_reduction(), count, outputs.upstream),
+        stream: stream_gradient(n, logits.cols()),
     };
     run_ce(isa, p, n, outputs, cfg.get_reduction(), count)
 }

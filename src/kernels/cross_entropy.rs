@@ -55,6 +55,8 @@ pub(crate) struct CeProblem<'a> {
     pub t: f32,
     pub targets: CeTargets<'a>,
     pub scale: RowScale<'a>,
+    /// Write the gradient with non-temporal stores (it is too large to stay in cache).
+    pub stream: bool,
 }
 
 /// `u = z/t`, as a multiplication by `1/t` unless `1/t` overflows.
@@ -147,17 +149,26 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
 
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`,
 /// returns `(S, mass, T)` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even
-/// where `z_c = −∞`).
+/// where `z_c = −∞`). One cache line of `next` (the next row's logits) is prefetched per
+/// vector, so that row's first sweep finds it in cache.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite.
 #[inline(always)]
-unsafe fn dense_stats<V: F32x>(z: &[f32], a: &[f32], m: f32, tp: Temp, e: &mut [f32]) -> (f32, f32, f32) {
+unsafe fn dense_stats<V: F32x>(
+    z: &[f32],
+    a: &[f32],
+    m: f32,
+    tp: Temp,
+    e: &mut [f32],
+    next: &[f32],
+) -> (f32, f32, f32) {
     let n = z.len();
     let l = V::LANES;
-    let (zp, ap, ep) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr());
+    let (zp, ap, ep, np) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr(), next.as_ptr());
     // SAFETY: V's CPU features are guaranteed by the caller; the three slices have length n
-    // and every access is a full vector below n or a partial one of n − i < l elements.
+    // and every access is a full vector below n or a partial one of n − i < l elements;
+    // prefetches are hints that never fault.
     unsafe {
         let vm = V::splat(m);
         let (mut s, mut mass, mut tt) = (V::zero(), V::zero(), V::zero());
@@ -165,28 +176,65 @@ unsafe fn dense_stats<V: F32x>(z: &[f32], a: &[f32], m: f32, tp: Temp, e: &mut [
         // No closures here: a closure would be compiled without the entry point's target
         // features and the vector intrinsics would not inline.
         while i + l <= n {
-            let zv = V::load(zp.add(i));
+            if i < next.len() {
+                V::prefetch(np.add(i));
+            }
             let av = V::load(ap.add(i));
-            let ev = tp.vec(zv.sub(vm)).exp();
-            let w = tp.vec(vm.sub(zv)).mul(av).zero_where_zero(av);
+            let d = tp.vec(V::load(zp.add(i)).sub(vm)); // (z − m)/t <= 0
+            let ev = d.exp();
             ev.store(ep.add(i));
             s = s.add(ev);
             mass = mass.add(av);
-            tt = tt.add(w);
+            // d·a is NaN only for 0·(−∞) (masked class without weight): detected below.
+            tt = d.fma(av, tt);
             i += l;
         }
         if i < n {
             let r = n - i;
-            let zv = V::load_partial(zp.add(i), r, f32::NEG_INFINITY);
             let av = V::load_partial(ap.add(i), r, 0.0);
-            let ev = tp.vec(zv.sub(vm)).exp();
-            let w = tp.vec(vm.sub(zv)).mul(av).zero_where_zero(av);
+            let d = tp.vec(V::load_partial(zp.add(i), r, f32::NEG_INFINITY).sub(vm));
+            let ev = d.exp();
             ev.store_partial(ep.add(i), r);
             s = s.add(ev);
             mass = mass.add(av);
-            tt = tt.add(w);
+            tt = d.fma(av, tt);
         }
-        (s.hsum(), mass.hsum(), tt.hsum())
+        let mut t_sum = -tt.hsum();
+        if t_sum.is_nan() {
+            // The row has a masked (−∞) logit where some target weight is 0. The row holds no
+            // NaN (m is finite) and the weights are finite, so only 0·(−∞) made the NaN:
+            // recompute T with the convention 0·(−∞) = 0 (a rare, slower path).
+            t_sum = -masked_dot::<V>(z, a, vm, tp);
+        }
+        (s.hsum(), mass.hsum(), t_sum)
+    }
+}
+
+/// `Σ_c a_c (z_c − m)/t` with `0·(−∞) = 0`, for rows with masked logits.
+///
+/// # Safety
+/// `V`'s CPU requirement; `z` and `a` have the same length.
+#[inline(always)]
+unsafe fn masked_dot<V: F32x>(z: &[f32], a: &[f32], vm: V, tp: Temp) -> f32 {
+    let n = z.len();
+    let l = V::LANES;
+    let (zp, ap) = (z.as_ptr(), a.as_ptr());
+    // SAFETY: full vectors below n, then one partial vector of n − i < l elements.
+    unsafe {
+        let mut tt = V::zero();
+        let mut i = 0;
+        while i + l <= n {
+            let av = V::load(ap.add(i));
+            let d = tp.vec(V::load(zp.add(i)).sub(vm));
+            tt = tt.add(d.mul(av).zero_where_zero(av));
+            i += l;
+        }
+        if i < n {
+            let av = V::load_partial(ap.add(i), n - i, 0.0);
+            let d = tp.vec(V::load_partial(zp.add(i), n - i, f32::NEG_INFINITY).sub(vm));
+            tt = tt.add(d.mul(av).zero_where_zero(av));
+        }
+        tt.hsum()
     }
 }
 
@@ -230,48 +278,77 @@ unsafe fn exp_stats<V: F32x>(z: &[f32], m: f32, tp: Temp, e: &mut [f32], want_r:
     }
 }
 
-/// Sweep 3: `g_c = e_c·c1 + a_c·c2` (dense, `a = Some`) or `g_c = e_c·c1 + c2` (structured).
+/// Gradient values `e·c1 + a·c2` (dense) or `e·c1 + c2` (`ap` null) of lanes `i .. i + r`.
+///
+/// # Safety
+/// `V`'s CPU requirement; `ep` (and `ap` if not null) are valid for reading `i + r` values;
+/// `r <= LANES`.
+#[inline(always)]
+unsafe fn grad_vec<V: F32x>(ep: *const f32, ap: *const f32, i: usize, r: usize, v1: V, v2: V) -> V {
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        let full = r == V::LANES;
+        let ev = if full { V::load(ep.add(i)) } else { V::load_partial(ep.add(i), r, 0.0) };
+        if ap.is_null() {
+            ev.fma(v1, v2)
+        } else {
+            let av = if full { V::load(ap.add(i)) } else { V::load_partial(ap.add(i), r, 0.0) };
+            ev.fma(v1, av.mul(v2))
+        }
+    }
+}
+
+/// Sweep 3: `g_c = e_c·c1 + a_c·c2` (dense, `a = Some`) or `g_c = e_c·c1 + c2` (structured),
+/// prefetching `next` (the next row's targets) one cache line per vector. With `stream`,
+/// whole aligned vectors are written with non-temporal stores (no read for ownership); the
+/// caller then issues [`F32x::stream_fence`] before the block completes.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `e`, `g` (and `a`) have the same length.
 #[inline(always)]
-unsafe fn write_grad<V: F32x>(e: &[f32], a: Option<&[f32]>, c1: f32, c2: f32, g: &mut [f32]) {
+unsafe fn write_grad<V: F32x>(
+    e: &[f32],
+    a: Option<&[f32]>,
+    c1: f32,
+    c2: f32,
+    g: &mut [f32],
+    next: &[f32],
+    stream: bool,
+) {
     let n = e.len();
     let l = V::LANES;
-    let (ep, gp) = (e.as_ptr(), g.as_mut_ptr());
+    let (ep, gp, np) = (e.as_ptr(), g.as_mut_ptr(), next.as_ptr());
+    let ap = a.map_or(std::ptr::null(), |a| a.as_ptr());
     // SAFETY: V's CPU features are guaranteed by the caller; all slices have length n and
-    // every access is a full vector below n or a partial one of n − i < l elements.
+    // every access is a full vector below n or a partial one of fewer than l elements;
+    // streaming stores start at `head`, where `gp + head` is aligned to l·4 bytes.
     unsafe {
         let (v1, v2) = (V::splat(c1), V::splat(c2));
         let mut i = 0;
-        match a {
-            Some(a) => {
-                let ap = a.as_ptr();
-                while i + l <= n {
-                    V::load(ep.add(i))
-                        .fma(v1, V::load(ap.add(i)).mul(v2))
-                        .store(gp.add(i));
-                    i += l;
-                }
-                if i < n {
-                    let r = n - i;
-                    let v = V::load_partial(ep.add(i), r, 0.0)
-                        .fma(v1, V::load_partial(ap.add(i), r, 0.0).mul(v2));
-                    v.store_partial(gp.add(i), r);
-                }
+        if stream {
+            let head = ((l * 4 - (gp as usize) % (l * 4)) % (l * 4) / 4).min(n);
+            if head > 0 {
+                grad_vec::<V>(ep, ap, 0, head, v1, v2).store_partial(gp, head);
+                i = head;
             }
-            None => {
-                while i + l <= n {
-                    V::load(ep.add(i)).fma(v1, v2).store(gp.add(i));
-                    i += l;
+            while i + l <= n {
+                if i < next.len() {
+                    V::prefetch(np.add(i));
                 }
-                if i < n {
-                    let r = n - i;
-                    V::load_partial(ep.add(i), r, 0.0)
-                        .fma(v1, v2)
-                        .store_partial(gp.add(i), r);
-                }
+                grad_vec::<V>(ep, ap, i, l, v1, v2).store_stream(gp.add(i));
+                i += l;
             }
+        } else {
+            while i + l <= n {
+                if i < next.len() {
+                    V::prefetch(np.add(i));
+                }
+                grad_vec::<V>(ep, ap, i, l, v1, v2).store(gp.add(i));
+                i += l;
+            }
+        }
+        if i < n {
+            grad_vec::<V>(ep, ap, i, n - i, v1, v2).store_partial(gp.add(i), n - i);
         }
     }
 }
@@ -322,6 +399,8 @@ unsafe fn dense_row<V: F32x>(
     k: f32,
     e: &mut [f32],
     g: Option<&mut [f32]>,
+    next: (&[f32], &[f32]),
+    stream: bool,
 ) -> f32 {
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
     unsafe {
@@ -337,13 +416,13 @@ unsafe fn dense_row<V: F32x>(
             if let Some(g) = g {
                 // Probabilities are all zero: g = −k·a.
                 e.fill(0.0);
-                write_grad::<V>(e, Some(a), 0.0, -k, g);
+                write_grad::<V>(e, Some(a), 0.0, -k, g, &[], false);
             }
             return if mass > 0.0 { f32::INFINITY } else { 0.0 };
         }
-        let (s, mass, tt) = dense_stats::<V>(z, a, m, tp, e);
+        let (s, mass, tt) = dense_stats::<V>(z, a, m, tp, e, next.0);
         if let Some(g) = g {
-            write_grad::<V>(e, Some(a), k * mass / s, -k, g);
+            write_grad::<V>(e, Some(a), k * mass / s, -k, g, next.1, stream);
         }
         mass * s.ln() + tt
     }
@@ -362,6 +441,7 @@ unsafe fn structured_row<V: F32x>(
     k: f32,
     e: &mut [f32],
     g: Option<&mut [f32]>,
+    stream: bool,
 ) -> f32 {
     let c = z.len();
     let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
@@ -386,7 +466,7 @@ unsafe fn structured_row<V: F32x>(
             (loss, k * mass / s)
         };
         if let Some(g) = g {
-            write_grad::<V>(e, None, c1, -k * floor, g);
+            write_grad::<V>(e, None, c1, -k * floor, g, &[], stream);
             // The explicit classes last, in f32: g_c = k·mass·p_c − k·floor − k·Σw.
             for (cls, w) in entries.iter() {
                 g[cls as usize] -= k * w;
@@ -412,6 +492,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
         mut row_losses,
     } = blk;
     let mut total = 0.0f64;
+    let end = rows.end;
     for (r, i) in rows.enumerate() {
         let z = &p.z[i * p.z_stride..i * p.z_stride + c];
         let g = grad
@@ -422,7 +503,17 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
         let loss = unsafe {
             match p.targets {
                 CeTargets::Dense { a, stride } => {
-                    dense_row::<V>(z, &a[i * stride..i * stride + c], tp, k, &mut e, g)
+                    // Within the block, the next row is prefetched while this one computes.
+                    let next = if i + 1 < end {
+                        let j = i + 1;
+                        (
+                            &p.z[j * p.z_stride..j * p.z_stride + c],
+                            &a[j * stride..j * stride + c],
+                        )
+                    } else {
+                        (&[][..], &[][..])
+                    };
+                    dense_row::<V>(z, &a[i * stride..i * stride + c], tp, k, &mut e, g, next, p.stream)
                 }
                 CeTargets::Structured { s, ignore } => {
                     let (floor, entries) = s.row(i, c);
@@ -437,7 +528,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                             continue;
                         }
                     }
-                    structured_row::<V>(z, floor, entries, tp, k, &mut e, g)
+                    structured_row::<V>(z, floor, entries, tp, k, &mut e, g, p.stream)
                 }
             }
         };
@@ -445,6 +536,10 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
             rl[r] = loss;
         }
         total += loss as f64;
+    }
+    if p.stream {
+        // SAFETY: V's CPU requirement is the caller's.
+        unsafe { V::stream_fence() };
     }
     total
 }

@@ -213,6 +213,26 @@ unsafe impl F32x for Avx2 {
     }
 
     #[inline(always)]
+    unsafe fn prefetch(ptr: *const f32) {
+        // SAFETY: prefetch is a hint: it never faults and does not access memory
+        // architecturally, whatever the address (SSE, implied by AVX).
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(ptr.cast::<i8>()) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_stream(self, ptr: *mut f32) {
+        // SAFETY: the CPU requirement holds, and the caller guarantees `ptr` is valid for
+        // writing LANES f32s and aligned to LANES · 4 bytes, as the streaming store needs.
+        unsafe { _mm256_stream_ps(ptr, self.0) }
+    }
+
+    #[inline(always)]
+    unsafe fn stream_fence() {
+        // SAFETY: SFENCE (SSE) has no preconditions.
+        unsafe { _mm_sfence() }
+    }
+
+    #[inline(always)]
     unsafe fn is_nan_any(self) -> bool {
         // SAFETY: AVX is available (trait CPU requirement).
         unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0)) != 0 }

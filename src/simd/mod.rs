@@ -264,4 +264,35 @@ pub(crate) unsafe trait F32x: Copy {
     /// # Safety
     /// The CPU requirement (see the trait docs).
     unsafe fn exp(self) -> Self;
+
+    /// Hints the CPU to bring the cache line holding `ptr` into the L2 cache (a no-op where
+    /// the backend has no stable prefetch instruction). Never faults, whatever `ptr` is.
+    ///
+    /// # Safety
+    /// The CPU requirement (see the trait docs).
+    #[inline(always)]
+    unsafe fn prefetch(ptr: *const f32) {
+        let _ = ptr;
+    }
+
+    /// Stores the lanes like [`store`](F32x::store), but as a non-temporal (streaming)
+    /// store where the backend has one: the line is written to memory without being read
+    /// first or kept in cache. Call [`stream_fence`](F32x::stream_fence) before the data is
+    /// handed to another thread.
+    ///
+    /// # Safety
+    /// As [`store`](F32x::store), and `ptr` must be aligned to `LANES · 4` bytes.
+    #[inline(always)]
+    unsafe fn store_stream(self, ptr: *mut f32) {
+        // SAFETY: the caller's guarantees include those of `store`.
+        unsafe { self.store(ptr) }
+    }
+
+    /// Orders earlier streaming stores before later stores (a no-op where
+    /// [`store_stream`](F32x::store_stream) is an ordinary store).
+    ///
+    /// # Safety
+    /// The CPU requirement (see the trait docs).
+    #[inline(always)]
+    unsafe fn stream_fence() {}
 }
