@@ -4,6 +4,7 @@
 //! cargo run --release --example bench -- --loss soft-ce|hard-ce|soft-infonce \
 //!     --targets dense|hard|mixed|sparse --n N [--m M] --c C \
 //!     [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline]
+//!     [--trust-targets]
 //! ```
 //!
 //! `gbps` is the minimal number of bytes the call must move (logits and dense targets read
@@ -11,6 +12,7 @@
 //! `4·N·M·C` multiply-adds of dense InfoNCE. `--roofline` also measures, in the same run, the
 //! machine's streaming bandwidth with a loop of the same shape (read two arrays of the
 //! problem's size, write one: `stream_gbps`) and reports the fraction reached.
+//! `--trust-targets` turns off the scan of dense target weights (`check_targets(false)`).
 
 use rayon::prelude::*;
 use softnce::{
@@ -31,13 +33,14 @@ struct Args {
     reps: usize,
     grad: bool,
     roofline: bool,
+    trust: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("error: {msg}");
     eprintln!(
         "usage: bench --loss soft-ce|hard-ce|soft-infonce --targets dense|hard|mixed|sparse --n N [--m M] --c C \
-         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline]"
+         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets]"
     );
     std::process::exit(2)
 }
@@ -54,6 +57,7 @@ fn parse() -> Args {
         reps: 20,
         grad: true,
         roofline: false,
+        trust: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +83,7 @@ fn parse() -> Args {
             }
             "--no-grad" => a.grad = false,
             "--roofline" => a.roofline = true,
+            "--trust-targets" => a.trust = true,
             "-h" | "--help" => usage("help requested"),
             other => usage(&format!("unknown flag {other}")),
         }
@@ -192,9 +197,11 @@ fn run(args: &Args) {
         let r = match args.loss.as_str() {
             "soft-ce" => SoftCrossEntropy::new()
                 .backend(Some(backend))
+                .check_targets(!args.trust)
                 .compute(z, &targets, out),
             "soft-infonce" => SoftInfoNce::new()
                 .backend(Some(backend))
+                .check_targets(!args.trust)
                 .compute(z, &targets, out),
             "hard-ce" => HardCrossEntropy::new()
                 .smoothing(eps)
@@ -220,13 +227,14 @@ fn run(args: &Args) {
     let gbps = bytes as f64 / med / 1e9;
     let mut json = format!(
         "{{\"loss_kind\":\"{}\",\"targets\":\"{}\",\"n\":{n},\"m\":{m},\"c\":{c},\"grad\":{},\"backend\":\"{}\",\
-         \"threads\":{},\"reps\":{},\"loss\":{loss},\"median_ms\":{:.4},\"min_ms\":{:.4},\"bytes\":{bytes},\"gbps\":{:.2}",
+         \"threads\":{},\"reps\":{},\"checked_targets\":{},\"loss\":{loss},\"median_ms\":{:.4},\"min_ms\":{:.4},\"bytes\":{bytes},\"gbps\":{:.2}",
         args.loss,
         args.targets,
         args.grad,
         backend,
         args.threads,
         args.reps,
+        !args.trust,
         med * 1e3,
         min * 1e3,
         gbps

@@ -180,8 +180,9 @@ impl<'a, T: Element> Targets<'a, T> {
 
     /// Checks the targets against `classes` columns; returns the number of rows `M`. With an
     /// `isa`, dense `f32` weights are checked by the vectorised kernel first (the scalar loop
-    /// then only runs to name the first bad entry).
-    pub(crate) fn validate(&self, classes: usize, isa: Option<Isa>) -> Result<usize> {
+    /// then only runs to name the first bad entry). `check_dense = false` skips the scan of
+    /// dense weights (shapes are still checked).
+    pub(crate) fn validate(&self, classes: usize, isa: Option<Isa>, check_dense: bool) -> Result<usize> {
         match self {
             Targets::Dense(m) => {
                 if m.cols() != classes {
@@ -190,6 +191,9 @@ impl<'a, T: Element> Targets<'a, T> {
                         expected: classes,
                         found: m.cols(),
                     });
+                }
+                if !check_dense {
+                    return Ok(m.rows());
                 }
                 if let (Some(isa), Some(a)) = (isa, T::as_f32_slice(m.data())) {
                     if dense_valid(isa, a, m.rows(), m.cols(), m.stride()) {

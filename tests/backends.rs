@@ -417,3 +417,54 @@ fn forcing_an_unavailable_backend_is_an_error() {
         }
     }
 }
+
+/// A gradient larger than 64 MiB is written with streaming stores; with a row stride that
+/// is not a multiple of the vector width every row starts at a different alignment. Only on
+/// x86-64 (the streaming path does not exist elsewhere and emulation would be slow).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn streaming_gradient_matches_reference() {
+    let (n, c, stride) = (1031usize, 16411usize, 16413usize);
+    let mut s = 99u64;
+    let mut next = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let logits: Vec<f32> = (0..n * stride).map(|_| 8.0 * next() - 4.0).collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i * 7919 % c) as u32).collect();
+    let z = MatRef::with_stride(&logits, n, c, stride).unwrap();
+    let cfg = HardCrossEntropy::new().smoothing(0.1);
+    let r = reference::hard_cross_entropy(&cfg, z, &labels, &Request::loss_and_grad()).unwrap();
+    for backend in available_backends() {
+        let mut g = vec![7.0f32; n * stride];
+        let mut rows = vec![0.0f32; n];
+        let loss = cfg
+            .backend(Some(backend))
+            .compute(
+                z,
+                &labels,
+                Outputs::new()
+                    .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+                    .row_losses(&mut rows),
+            )
+            .unwrap();
+        compare(&format!("{backend} streaming"), loss, &rows, &g, stride, c, &r, 0.0);
+    }
+}
+
+/// `check_targets(false)` skips the scan of dense weights: an invalid weight is then no
+/// error and no panic, while the default reports it.
+#[test]
+fn unchecked_targets_skip_the_scan() {
+    let z = [0.5f32, -0.5, 1.0, 0.0];
+    let a = [0.5f32, -0.5, 0.0, 1.0];
+    let z = MatRef::new(&z, 2, 2).unwrap();
+    let t = Targets::Dense(MatRef::new(&a, 2, 2).unwrap());
+    assert!(matches!(
+        SoftCrossEntropy::new().loss(z, &t),
+        Err(softnce::Error::InvalidTargetWeight { row: 0, col: 1, .. })
+    ));
+    for backend in available_backends() {
+        assert!(SoftCrossEntropy::new().check_targets(false).backend(Some(backend)).loss(z, &t).is_ok());
+    }
+}

@@ -288,11 +288,19 @@ unsafe fn grad_vec<V: F32x>(ep: *const f32, ap: *const f32, i: usize, r: usize, 
     // SAFETY: the caller's guarantees.
     unsafe {
         let full = r == V::LANES;
-        let ev = if full { V::load(ep.add(i)) } else { V::load_partial(ep.add(i), r, 0.0) };
+        let ev = if full {
+            V::load(ep.add(i))
+        } else {
+            V::load_partial(ep.add(i), r, 0.0)
+        };
         if ap.is_null() {
             ev.fma(v1, v2)
         } else {
-            let av = if full { V::load(ap.add(i)) } else { V::load_partial(ap.add(i), r, 0.0) };
+            let av = if full {
+                V::load(ap.add(i))
+            } else {
+                V::load_partial(ap.add(i), r, 0.0)
+            };
             ev.fma(v1, av.mul(v2))
         }
     }
@@ -513,7 +521,16 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                     } else {
                         (&[][..], &[][..])
                     };
-                    dense_row::<V>(z, &a[i * stride..i * stride + c], tp, k, &mut e, g, next, p.stream)
+                    dense_row::<V>(
+                        z,
+                        &a[i * stride..i * stride + c],
+                        tp,
+                        k,
+                        &mut e,
+                        g,
+                        next,
+                        p.stream,
+                    )
                 }
                 CeTargets::Structured { s, ignore } => {
                     let (floor, entries) = s.row(i, c);

@@ -70,6 +70,7 @@ pub struct SoftInfoNce<'n> {
     offset: usize,
     reduction: Reduction,
     backend: Option<Backend>,
+    check_targets: bool,
 }
 
 impl Default for SoftInfoNce<'_> {
@@ -87,6 +88,7 @@ impl<'n> SoftInfoNce<'n> {
             offset: 0,
             reduction: Reduction::Mean,
             backend: None,
+            check_targets: true,
         }
     }
 
@@ -141,6 +143,23 @@ impl<'n> SoftInfoNce<'n> {
     /// The forced backend, if any.
     pub fn get_backend(&self) -> Option<Backend> {
         self.backend
+    }
+
+    /// Whether calls scan dense target weights for negative or non-finite values (default
+    /// `true`). The scan reads the whole `M × C` target matrix once more before the kernel
+    /// runs (about a quarter of the memory traffic of a dense cross-entropy call), so a
+    /// training loop whose targets come from a trusted pipeline may turn it off. Without the
+    /// scan, invalid weights give unspecified values (typically NaN or infinite losses) but
+    /// never a panic or undefined behaviour. Shapes, labels and every other argument are
+    /// always checked, and the [`reference`](crate::reference) always scans.
+    pub fn check_targets(mut self, check: bool) -> Self {
+        self.check_targets = check;
+        self
+    }
+
+    /// Whether dense target weights are scanned (see [`check_targets`](Self::check_targets)).
+    pub fn get_check_targets(&self) -> bool {
+        self.check_targets
     }
 
     /// The reduction.
@@ -228,7 +247,7 @@ impl<'n> SoftInfoNce<'n> {
                 }
             }
         }
-        let m = targets.validate(c, isa)?;
+        let m = targets.validate(c, isa, self.check_targets || isa.is_none())?;
         if self.offset.checked_add(logits.rows()).is_none_or(|end| end > m) {
             return Err(Error::OffsetOutOfRange {
                 offset: self.offset,
