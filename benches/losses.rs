@@ -1,11 +1,14 @@
 //! Criterion benchmarks of the public loss calls (loss + gradient, f32, mean reduction).
 //!
 //! `cargo bench --bench losses`. Throughput is reported in logit elements per second.
-//! Until the SIMD kernels land every call runs on the scalar f64 reference, so these
-//! figures are the baseline the kernels are measured against.
+//! Cross-entropy runs once per backend this CPU has (`cross_entropy/<kernel>/<backend>`);
+//! InfoNCE still runs on the scalar f64 reference, the baseline its kernels will be
+//! measured against.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use softnce::{HardCrossEntropy, MatMut, MatRef, RowParam, SoftCrossEntropy, SoftInfoNce, Targets};
+use softnce::{
+    available_backends, HardCrossEntropy, MatMut, MatRef, RowParam, SoftCrossEntropy, SoftInfoNce, Targets,
+};
 use std::hint::black_box;
 
 fn data(n: usize, c: usize) -> (Vec<f32>, Vec<f32>, Vec<u32>, Vec<u32>) {
@@ -29,31 +32,35 @@ fn data(n: usize, c: usize) -> (Vec<f32>, Vec<f32>, Vec<u32>, Vec<u32>) {
 
 fn cross_entropy(cr: &mut Criterion) {
     let mut group = cr.benchmark_group("cross_entropy");
-    for &(n, c) in &[(256usize, 100usize), (256, 1000)] {
+    for &(n, c) in &[(256usize, 1000usize), (1024, 10000)] {
         let (logits, dense, labels, partner) = data(n, c);
         let z = MatRef::new(&logits, n, c).unwrap();
         let mut grad = vec![0.0f32; n * c];
         group.throughput(Throughput::Elements((n * c) as u64));
-        let id = |what: &str| BenchmarkId::new(what, format!("{n}x{c}"));
         let dense_t = Targets::Dense(MatRef::new(&dense, n, c).unwrap());
         let mixed = Targets::mixed(&labels, &partner, RowParam::Batch(0.7), 0.1);
-        for (name, t) in [("soft_ce_dense", &dense_t), ("soft_ce_mixed", &mixed)] {
-            group.bench_function(id(name), |b| {
+        for backend in available_backends() {
+            let id = |what: &str| BenchmarkId::new(format!("{what}/{backend}"), format!("{n}x{c}"));
+            for (name, t) in [("soft_ce_dense", &dense_t), ("soft_ce_mixed", &mixed)] {
+                group.bench_function(id(name), |b| {
+                    b.iter(|| {
+                        SoftCrossEntropy::new()
+                            .backend(Some(backend))
+                            .loss_and_grad(black_box(z), t, MatMut::new(&mut grad, n, c).unwrap())
+                            .unwrap()
+                    })
+                });
+            }
+            group.bench_function(id("hard_ce_ls"), |b| {
                 b.iter(|| {
-                    SoftCrossEntropy::new()
-                        .loss_and_grad(black_box(z), t, MatMut::new(&mut grad, n, c).unwrap())
+                    HardCrossEntropy::new()
+                        .smoothing(0.1)
+                        .backend(Some(backend))
+                        .loss_and_grad(black_box(z), &labels, MatMut::new(&mut grad, n, c).unwrap())
                         .unwrap()
                 })
             });
         }
-        group.bench_function(id("hard_ce_ls"), |b| {
-            b.iter(|| {
-                HardCrossEntropy::new()
-                    .smoothing(0.1)
-                    .loss_and_grad(black_box(z), &labels, MatMut::new(&mut grad, n, c).unwrap())
-                    .unwrap()
-            })
-        });
     }
     group.finish();
 }

@@ -448,7 +448,16 @@ fn streaming_gradient_matches_reference() {
                     .row_losses(&mut rows),
             )
             .unwrap();
-        compare(&format!("{backend} streaming"), loss, &rows, &g, stride, c, &r, 0.0);
+        compare(
+            &format!("{backend} streaming"),
+            loss,
+            &rows,
+            &g,
+            stride,
+            c,
+            &r,
+            0.0,
+        );
     }
 }
 
@@ -465,6 +474,10 @@ fn unchecked_targets_skip_the_scan() {
         Err(softnce::Error::InvalidTargetWeight { row: 0, col: 1, .. })
     ));
     for backend in available_backends() {
-        assert!(SoftCrossEntropy::new().check_targets(false).backend(Some(backend)).loss(z, &t).is_ok());
+        assert!(SoftCrossEntropy::new()
+            .check_targets(false)
+            .backend(Some(backend))
+            .loss(z, &t)
+            .is_ok());
     }
 }

@@ -101,6 +101,15 @@ impl Temp {
     }
 }
 
+/// What a row kernel needs besides its data: the temperature, the gradient factor
+/// `k = scale/t`, and whether to stream the gradient.
+#[derive(Clone, Copy)]
+struct RowCtx {
+    tp: Temp,
+    k: f32,
+    stream: bool,
+}
+
 /// Sweep 1: the NaN-propagating maximum of the raw logits `z` over the row (the maximum of
 /// `u = z/t` is `max(z)/t`; the kernels only ever scale differences `z − max z`, so finite
 /// logits whose `z/t` would overflow f32 stay finite).
@@ -403,13 +412,12 @@ fn mul0(a: f32, b: f32) -> f32 {
 unsafe fn dense_row<V: F32x>(
     z: &[f32],
     a: &[f32],
-    tp: Temp,
-    k: f32,
+    ctx: RowCtx,
     e: &mut [f32],
     g: Option<&mut [f32]>,
     next: (&[f32], &[f32]),
-    stream: bool,
 ) -> f32 {
+    let RowCtx { tp, k, stream } = ctx;
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
     unsafe {
         let m = row_max::<V>(z);
@@ -445,12 +453,11 @@ unsafe fn structured_row<V: F32x>(
     z: &[f32],
     floor: f32,
     entries: crate::targets::Entries<'_>,
-    tp: Temp,
-    k: f32,
+    ctx: RowCtx,
     e: &mut [f32],
     g: Option<&mut [f32]>,
-    stream: bool,
 ) -> f32 {
+    let RowCtx { tp, k, stream } = ctx;
     let c = z.len();
     let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
@@ -506,7 +513,11 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
         let g = grad
             .as_deref_mut()
             .map(|g| &mut g[r * g_stride..r * g_stride + c]);
-        let k = p.scale.get(i) / p.t;
+        let ctx = RowCtx {
+            tp,
+            k: p.scale.get(i) / p.t,
+            stream: p.stream,
+        };
         // SAFETY: the slices all have length c; V's CPU requirement is the caller's.
         let loss = unsafe {
             match p.targets {
@@ -521,16 +532,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                     } else {
                         (&[][..], &[][..])
                     };
-                    dense_row::<V>(
-                        z,
-                        &a[i * stride..i * stride + c],
-                        tp,
-                        k,
-                        &mut e,
-                        g,
-                        next,
-                        p.stream,
-                    )
+                    dense_row::<V>(z, &a[i * stride..i * stride + c], ctx, &mut e, g, next)
                 }
                 CeTargets::Structured { s, ignore } => {
                     let (floor, entries) = s.row(i, c);
@@ -545,7 +547,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                             continue;
                         }
                     }
-                    structured_row::<V>(z, floor, entries, tp, k, &mut e, g, p.stream)
+                    structured_row::<V>(z, floor, entries, ctx, &mut e, g)
                 }
             }
         };
