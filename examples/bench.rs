@@ -133,11 +133,13 @@ fn stream_gbps(len: usize, dense: bool, reps: usize) -> f64 {
                     }
                 });
         } else {
-            g.par_chunks_mut(chunk).zip(z.par_chunks(chunk)).for_each(|(g, z)| {
-                for (g, z) in g.iter_mut().zip(z) {
-                    *g = 2.0 * z;
-                }
-            });
+            g.par_chunks_mut(chunk)
+                .zip(z.par_chunks(chunk))
+                .for_each(|(g, z)| {
+                    for (g, z) in g.iter_mut().zip(z) {
+                        *g = 2.0 * z;
+                    }
+                });
         }
         black_box(&g);
         times.push(t0.elapsed().as_secs_f64());

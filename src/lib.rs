@@ -55,12 +55,25 @@
 //! panic) for bad shapes, strides, temperatures, offsets, labels, smoothing or mixing weights,
 //! negative or non-finite target weights, non-positive noise probabilities and malformed
 //! sparse rows; on error nothing is written. Non-finite logits are data, handled as the
-//! [`reference`] module documents: `0·(−∞) = 0`, NaN (and `+∞`) logits make their row NaN,
+//! [`reference`](mod@crate::reference) module documents: `0·(−∞) = 0`, NaN (and `+∞`) logits make their row NaN,
 //! and a row with no finite candidate has loss `+∞`.
 //!
+//! ## Backends
+//! Kernels are compiled for AVX-512 (F/BW/VL/DQ), AVX2+FMA, NEON and portable scalar code;
+//! the CPU is probed once and the fastest [`Backend`] is used unless the environment
+//! variable `SOFTNCE_BACKEND` (`scalar|avx2|avx512|neon|auto`) or a configuration's
+//! `.backend(Some(..))` forces one ([`available_backends`] lists what this CPU runs; forcing
+//! a missing one is [`Error::BackendUnavailable`]). Large calls run on rayon over blocks of
+//! rows whose partition depends only on the shape, so results do not depend on the number
+//! of threads. The cross-entropy family runs on the SIMD kernels for `f32`; InfoNCE and the
+//! half-precision types currently run on the scalar reference.
+//!
 //! ## Layout
-//! - [`reference`]: the scalar `f64` oracle every fast path is tested against;
-//! - `dispatch`: routes a validated call to an implementation;
+//! - [`reference`](mod@crate::reference): the scalar `f64` oracle every fast path is tested against;
+//! - `dispatch`: backend detection and forcing, and routing of validated calls;
+//! - `simd/`: one small vector trait with scalar, AVX2, AVX-512 and NEON implementations
+//!   and one shared `exp` (≤ 2 ulp, bit-identical across backends);
+//! - `kernels/`: each kernel written once over that trait and stamped per backend;
 //! - `loss/`: one module per loss (configuration, validation, orchestration);
 //! - [`targets`](Targets): target forms; `view`: strided matrix views.
 #![deny(unsafe_op_in_unsafe_fn)]
