@@ -165,7 +165,7 @@ impl Isa {
 // ---------------------------------------------------------------------------------------
 // Routing of validated calls.
 
-use crate::kernels::cross_entropy::{ce_block, CeProblem, CeTargets, RowScale};
+use crate::kernels::cross_entropy::{ce_block, kernel_temperature_ok, CeProblem, CeTargets, RowScale};
 use crate::kernels::for_row_blocks;
 use crate::loss::{HardCrossEntropy, Outputs, Reduction, SoftCrossEntropy, SoftInfoNce};
 use crate::reference::{self, RefOutput, Request};
@@ -268,7 +268,8 @@ pub(crate) fn soft_cross_entropy<T: Element>(
         Targets::Dense(a) => T::as_f32_slice(a.data()).map(|d| (d, a.stride())),
         _ => None,
     };
-    let Some(z) = T::as_f32_slice(logits.data()) else {
+    let z = T::as_f32_slice(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
+    let Some(z) = z else {
         let r = reference::soft_cross_entropy(cfg, logits, targets, &request(&outputs))
             .expect("inputs were validated before dispatch");
         return write(r, outputs);
@@ -298,7 +299,8 @@ pub(crate) fn hard_cross_entropy<T: Element>(
     labels: &[u32],
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    let Some(z) = T::as_f32_slice(logits.data()) else {
+    let z = T::as_f32_slice(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
+    let Some(z) = z else {
         let r = reference::hard_cross_entropy(cfg, logits, labels, &request(&outputs))
             .expect("inputs were validated before dispatch");
         return write(r, outputs);

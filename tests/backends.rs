@@ -481,3 +481,45 @@ fn unchecked_targets_skip_the_scan() {
             .is_ok());
     }
 }
+
+/// A temperature so small that `1/t` overflows `f32` still gives the reference's result
+/// (such calls are routed to the reference).
+#[test]
+fn subnormal_temperature_matches_reference() {
+    let z = [1e-38f32, 0.0, -1e-38, 2e-38, -3e-38, 0.0];
+    let y = [0u32, 2];
+    let z = MatRef::new(&z, 2, 3).unwrap();
+    let cfg = HardCrossEntropy::new().temperature(1e-39).smoothing(0.1);
+    let r = reference::hard_cross_entropy(&cfg, z, &y, &Request::loss_and_grad()).unwrap();
+    for backend in available_backends() {
+        let mut g = vec![0.0f32; 6];
+        let mut rows = vec![0.0f32; 2];
+        let loss = cfg
+            .backend(Some(backend))
+            .compute(
+                z,
+                &y,
+                Outputs::new()
+                    .grad_logits(MatMut::new(&mut g, 2, 3).unwrap())
+                    .row_losses(&mut rows),
+            )
+            .unwrap();
+        // 1/t alone exceeds f32's range: compare with the reference rounded to f32.
+        assert!(
+            close(loss as f64, r.loss, 1e-5 * r.loss.abs()),
+            "{backend}: {loss} vs {}",
+            r.loss
+        );
+        for (k, (&got, &want)) in g.iter().zip(&r.grad_logits).enumerate() {
+            let want = want as f32;
+            assert!(
+                got == want || (got - want).abs() <= 1e-5 * want.abs(),
+                "{backend}: grad[{k}] {got} vs {want}"
+            );
+        }
+        assert!(
+            g.iter().any(|x| x.is_infinite()),
+            "the gradient overflows f32 here"
+        );
+    }
+}

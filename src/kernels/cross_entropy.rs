@@ -59,31 +59,21 @@ pub(crate) struct CeProblem<'a> {
     pub stream: bool,
 }
 
-/// `u = z/t`, as a multiplication by `1/t` unless `1/t` overflows.
+/// Scaling by the temperature: `x/t` computed as `x·(1/t)`. The dispatcher only sends a
+/// problem here when `1/t` is finite (see [`kernel_temperature_ok`]).
 #[derive(Clone, Copy)]
 struct Temp {
-    t: f32,
     inv_t: f32,
-    div: bool,
 }
 
 impl Temp {
     fn new(t: f32) -> Temp {
-        let inv_t = 1.0 / t;
-        Temp {
-            t,
-            inv_t,
-            div: !inv_t.is_finite(),
-        }
+        Temp { inv_t: 1.0 / t }
     }
 
     #[inline(always)]
     fn scalar(&self, z: f32) -> f32 {
-        if self.div {
-            z / self.t
-        } else {
-            z * self.inv_t
-        }
+        z * self.inv_t
     }
 
     /// # Safety
@@ -91,14 +81,14 @@ impl Temp {
     #[inline(always)]
     unsafe fn vec<V: F32x>(&self, z: V) -> V {
         // SAFETY: the caller guarantees V's CPU features.
-        unsafe {
-            if self.div {
-                z.div(V::splat(self.t))
-            } else {
-                z.mul(V::splat(self.inv_t))
-            }
-        }
+        unsafe { z.mul(V::splat(self.inv_t)) }
     }
+}
+
+/// Whether the kernels can take temperature `t`: `1/t` must be finite (`t` above about
+/// `2.9e-39`; smaller temperatures run on the reference).
+pub(crate) fn kernel_temperature_ok(t: f32) -> bool {
+    (1.0 / t).is_finite()
 }
 
 /// What a row kernel needs besides its data: the temperature, the gradient factor

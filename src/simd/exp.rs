@@ -48,8 +48,8 @@
 //! degree-6 minimax error is 2.57e-9; the final f32 polynomial has a relative error of 3.19e-9
 //! (2^-28.2, ≈ 0.05 ulp) in exact arithmetic, so the result error is dominated by the rounding
 //! of the last Horner steps. Degree 5 was rejected: its minimax error is 4.3e-7 (≈ 4 ulp).
-//! The scratch script is `tools/fit_exp_poly.py` of the prototype crate (`python3
-//! fit_exp_poly.py 6`).
+//! The fit is reproduced by `tools/fit_exp_poly.py` in this repository (`pip install numpy
+//! mpmath; python3 tools/fit_exp_poly.py 6`).
 
 /// Inputs below this give results below `f32::MIN_POSITIVE`; they are flushed to `+0.0`.
 /// It is the smallest f32 `t` with `e^t >= f32::MIN_POSITIVE` (`ln(2^-126) = -87.336544750…`;
