@@ -108,6 +108,29 @@ impl Lcg {
     }
 }
 
+/// A uniform number in [0, 1) from the index alone (splitmix64), so arrays can be filled in
+/// parallel with the same values whatever the thread count.
+fn uniform(seed: u64, i: usize) -> f32 {
+    let mut x = seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    (x >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// A vector of `len` values `f(i)`, written by all threads of the pool: pages are first
+/// touched by the threads that later stream them, as in a real training step (a single
+/// thread touching everything can halve the measured bandwidth on some machines).
+fn par_vec(len: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    let mut v = vec![0.0f32; len];
+    v.par_chunks_mut(1 << 16).enumerate().for_each(|(k, chunk)| {
+        for (j, x) in chunk.iter_mut().enumerate() {
+            *x = f(k * (1 << 16) + j);
+        }
+    });
+    v
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -117,9 +140,9 @@ fn median(v: &mut [f64]) -> f64 {
 /// `len` f32: `g = z + a` (two reads, one write) when `dense`, else `g = 2z` (one read, one
 /// write). Plain stores; median of `reps` runs on the current rayon pool.
 fn stream_gbps(len: usize, dense: bool, reps: usize) -> f64 {
-    let z = vec![1.0f32; len];
-    let a = vec![2.0f32; if dense { len } else { 0 }];
-    let mut g = vec![0.0f32; len];
+    let z = par_vec(len, |_| 1.0);
+    let a = par_vec(if dense { len } else { 0 }, |_| 2.0);
+    let mut g = par_vec(len, |_| 0.0);
     let chunk = 1 << 16;
     let mut times = Vec::new();
     for _ in 0..reps + 1 {
@@ -161,18 +184,18 @@ fn run(args: &Args) {
     let (n, c) = (args.n, args.c);
     let m = if args.loss == "soft-infonce" { args.m } else { n };
     let mut rng = Lcg(42);
-    let logits: Vec<f32> = (0..n * c).map(|_| 8.0 * rng.next() - 4.0).collect();
+    let logits = par_vec(n * c, |i| 8.0 * uniform(1, i) - 4.0);
     let labels: Vec<u32> = (0..m)
         .map(|_| (rng.next() * c as f32) as u32 % c as u32)
         .collect();
     let partner: Vec<u32> = labels.iter().rev().copied().collect();
     let eps = 0.1f32;
     let dense: Vec<f32> = if args.targets == "dense" {
-        let mut d: Vec<f32> = (0..m * c).map(|_| rng.next()).collect();
-        for row in d.chunks_mut(c) {
+        let mut d = par_vec(m * c, |i| uniform(2, i));
+        d.par_chunks_mut(c).for_each(|row| {
             let s: f32 = row.iter().sum();
             row.iter_mut().for_each(|v| *v /= s);
-        }
+        });
         d
     } else {
         Vec::new()
@@ -195,7 +218,7 @@ fn run(args: &Args) {
         other => usage(&format!("unknown targets {other}")),
     };
     let z = MatRef::new(&logits, n, c).unwrap();
-    let mut grad = vec![0.0f32; n * c];
+    let mut grad = par_vec(n * c, |_| 0.0);
     let backend = match args.backend {
         Some(b) => b,
         None => softnce::default_backend().unwrap_or_else(|e| usage(&format!("{e}"))),

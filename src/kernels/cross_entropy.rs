@@ -238,39 +238,50 @@ unsafe fn masked_dot<V: F32x>(z: &[f32], a: &[f32], vm: V, tp: Temp) -> f32 {
 }
 
 /// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
-/// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0).
+/// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0). One cache line
+/// of `next` (the next row's logits) is prefetched per vector.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite.
 #[inline(always)]
-unsafe fn exp_stats<V: F32x>(z: &[f32], m: f32, tp: Temp, e: &mut [f32], want_r: bool) -> (f32, f32) {
+unsafe fn exp_stats<V: F32x>(
+    z: &[f32],
+    m: f32,
+    tp: Temp,
+    e: &mut [f32],
+    want_r: bool,
+    next: &[f32],
+) -> (f32, f32) {
     let n = z.len();
     let l = V::LANES;
-    let (zp, ep) = (z.as_ptr(), e.as_mut_ptr());
+    let (zp, ep, np) = (z.as_ptr(), e.as_mut_ptr(), next.as_ptr());
     // SAFETY: as in `dense_stats`.
     unsafe {
         let vm = V::splat(m);
         let (mut s, mut r) = (V::zero(), V::zero());
         let mut i = 0;
         while i + l <= n {
-            let zv = V::load(zp.add(i));
-            let (ev, d) = (tp.vec(zv.sub(vm)).exp(), tp.vec(vm.sub(zv)));
+            if i < next.len() {
+                V::prefetch(np.add(i));
+            }
+            let d = tp.vec(V::load(zp.add(i)).sub(vm)); // (z − m)/t <= 0
+            let ev = d.exp();
             ev.store(ep.add(i));
             s = s.add(ev);
             if want_r {
-                r = r.add(d);
+                r = r.sub(d);
             }
             i += l;
         }
         if i < n {
             let k = n - i;
-            let zv = V::load_partial(zp.add(i), k, f32::NEG_INFINITY);
-            let (ev, d) = (tp.vec(zv.sub(vm)).exp(), tp.vec(vm.sub(zv)));
+            let d = tp.vec(V::load_partial(zp.add(i), k, f32::NEG_INFINITY).sub(vm));
+            let ev = d.exp();
             ev.store_partial(ep.add(i), k);
             s = s.add(ev);
             if want_r {
-                // Padding lanes hold m − (−∞) = +∞: select them away (∞·0 would be NaN).
-                r = r.add(d.zero_where_zero(tail_mask::<V>(k)));
+                // Padding lanes hold −∞ − m = −∞: select them away (∞·0 would be NaN).
+                r = r.sub(d.zero_where_zero(tail_mask::<V>(k)));
             }
         }
         (s.hsum(), if want_r { r.hsum() } else { 0.0 })
@@ -446,6 +457,7 @@ unsafe fn structured_row<V: F32x>(
     ctx: RowCtx,
     e: &mut [f32],
     g: Option<&mut [f32]>,
+    next: &[f32],
 ) -> f32 {
     let RowCtx { tp, k, stream } = ctx;
     let c = z.len();
@@ -463,7 +475,7 @@ unsafe fn structured_row<V: F32x>(
             e.fill(0.0);
             (if mass > 0.0 { f32::INFINITY } else { 0.0 }, 0.0)
         } else {
-            let (s, r) = exp_stats::<V>(z, m, tp, e, floor > 0.0);
+            let (s, r) = exp_stats::<V>(z, m, tp, e, floor > 0.0, next);
             let mut loss = mass * s.ln() + if floor > 0.0 { floor * r } else { 0.0 };
             for (cls, w) in entries.iter() {
                 loss += mul0(w, tp.scalar(m - z[cls as usize]));
@@ -525,6 +537,11 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                     dense_row::<V>(z, &a[i * stride..i * stride + c], ctx, &mut e, g, next)
                 }
                 CeTargets::Structured { s, ignore } => {
+                    let next_z = if i + 1 < end {
+                        &p.z[(i + 1) * p.z_stride..(i + 1) * p.z_stride + c]
+                    } else {
+                        &[][..]
+                    };
                     let (floor, entries) = s.row(i, c);
                     if let (Some(ig), Some((y, _))) = (ignore, entries.iter().next()) {
                         if y == ig {
@@ -537,7 +554,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                             continue;
                         }
                     }
-                    structured_row::<V>(z, floor, entries, ctx, &mut e, g)
+                    structured_row::<V>(z, floor, entries, ctx, &mut e, g, next_z)
                 }
             }
         };
