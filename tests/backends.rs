@@ -523,3 +523,44 @@ fn subnormal_temperature_matches_reference() {
         );
     }
 }
+
+/// The vectorised target scan finds every kind of bad weight at every position of rows of
+/// many widths (unrolled body, single vectors, tails), and names the first one, on every
+/// backend.
+#[test]
+fn target_scan_finds_bad_weights_everywhere() {
+    for c in [1usize, 3, 16, 17, 64, 65, 100, 1000] {
+        let n = 3;
+        let z = vec![0.0f32; n * c];
+        let z = MatRef::new(&z, n, c).unwrap();
+        let positions = [0, c / 2, c - 1];
+        for bad in [-1e-30f32, -1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for &col in &positions {
+                let mut a = vec![0.25f32; n * c];
+                a[c + col] = bad;
+                let t = Targets::Dense(MatRef::new(&a, n, c).unwrap());
+                for backend in available_backends() {
+                    let err = SoftCrossEntropy::new()
+                        .backend(Some(backend))
+                        .loss(z, &t)
+                        .unwrap_err();
+                    match err {
+                        softnce::Error::InvalidTargetWeight {
+                            row, col: k, value, ..
+                        } => {
+                            assert_eq!((row, k), (1, col), "{backend} c={c} bad={bad}");
+                            assert!(value.to_bits() == bad.to_bits() || (value.is_nan() && bad.is_nan()));
+                        }
+                        other => panic!("{backend} c={c} bad={bad}: {other:?}"),
+                    }
+                }
+            }
+        }
+        // -0.0 is a valid weight.
+        let a = vec![-0.0f32; n * c];
+        let t = Targets::Dense(MatRef::new(&a, n, c).unwrap());
+        for backend in available_backends() {
+            assert!(SoftCrossEntropy::new().backend(Some(backend)).loss(z, &t).is_ok());
+        }
+    }
+}
