@@ -167,10 +167,12 @@ impl Isa {
 
 use crate::kernels::cross_entropy::{ce_block, kernel_temperature_ok, CeProblem, CeTargets, RowScale};
 use crate::kernels::for_row_blocks;
+use crate::kernels::infonce::{grad_targets, nce_block, NceProblem};
 use crate::loss::{HardCrossEntropy, Outputs, Reduction, SoftCrossEntropy, SoftInfoNce};
 use crate::reference::{self, RefOutput, Request};
 use crate::targets::{Structured, Targets};
 use crate::view::{Element, MatRef};
+use rayon::prelude::*;
 
 fn request<'o, T: Element>(outputs: &Outputs<'o, T>) -> Request<'o> {
     Request {
@@ -204,15 +206,119 @@ fn write<T: Element>(r: RefOutput, outputs: Outputs<'_, T>) -> f32 {
 }
 
 pub(crate) fn soft_infonce<T: Element>(
-    _isa: Isa,
+    isa: Isa,
     cfg: &SoftInfoNce<'_>,
     logits: MatRef<'_, T>,
     targets: &Targets<'_, T>,
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    let r = reference::soft_infonce(cfg, logits, targets, &request(&outputs))
-        .expect("inputs were validated before dispatch");
-    write(r, outputs)
+    let dense = match targets {
+        Targets::Dense(a) => T::as_f32_slice(a.data()).map(|d| (d, a.stride(), a.rows())),
+        _ => None,
+    };
+    let z = T::as_f32_slice(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
+    let (Some(z), Some((a, a_stride, m))) = (z, dense) else {
+        let r = reference::soft_infonce(cfg, logits, targets, &request(&outputs))
+            .expect("inputs were validated before dispatch");
+        return write(r, outputs);
+    };
+    let (n, c) = (logits.rows(), logits.cols());
+    let log_eta: Vec<f32> = cfg.log_noise_f64(c).iter().map(|&v| v as f32).collect();
+    let b: Vec<f32> = (0..m)
+        .into_par_iter()
+        .map(|j| {
+            let row = &a[j * a_stride..j * a_stride + c];
+            row.iter()
+                .zip(&log_eta)
+                .map(|(&x, &le)| x as f64 * le as f64)
+                .sum::<f64>() as f32
+        })
+        .collect();
+    let reduction = cfg.get_reduction();
+    let p = NceProblem {
+        z,
+        z_stride: logits.stride(),
+        c,
+        a,
+        a_stride,
+        m,
+        inv_t: 1.0 / cfg.get_temperature(),
+        log_eta: &log_eta,
+        b: &b,
+        p0: cfg.get_offset(),
+        scale: row_scale(reduction, n, outputs.upstream),
+    };
+    let mut loss = vec![0.0f32; n];
+    let mut lse = vec![0.0f32; n];
+    let rows_per_block = infonce_rows_per_block(n);
+    let grad = outputs.grad_logits.map(|g| {
+        let (data, _, _, stride) = g.into_parts();
+        (T::as_f32_slice_mut(data).expect("f32 path"), stride)
+    });
+    let total: f64 = {
+        let blocks: Vec<_> = loss
+            .chunks_mut(rows_per_block)
+            .zip(lse.chunks_mut(rows_per_block))
+            .collect();
+        let mut gblocks: Vec<Option<(&mut [f32], usize)>> = match grad {
+            Some((g, stride)) => g
+                .chunks_mut(rows_per_block * stride)
+                .map(|ch| Some((ch, stride)))
+                .collect(),
+            None => Vec::new(),
+        };
+        gblocks.resize_with(blocks.len(), || None);
+        let work: Vec<_> = blocks.into_iter().zip(gblocks).enumerate().collect();
+        let run = |(b, ((l, e), g)): NceWork<'_>| {
+            let r0 = b * rows_per_block;
+            nce_block(isa, &p, r0..r0 + l.len(), l, e, g)
+        };
+        let partials: Vec<f64> = if n * m * c >= 1 << 20 && work.len() > 1 {
+            work.into_par_iter().map(run).collect()
+        } else {
+            work.into_iter().map(run).collect()
+        };
+        partials.iter().sum()
+    };
+    if let Some(gt) = outputs.grad_targets {
+        let (data, rows, _, stride) = gt.into_parts();
+        let out = T::as_f32_slice_mut(data).expect("f32 path");
+        let tb = 64usize;
+        let chunks: Vec<(usize, &mut [f32])> = out
+            .chunks_mut(tb * stride)
+            .take(rows.div_ceil(tb))
+            .enumerate()
+            .collect();
+        chunks.into_par_iter().for_each(|(k, ch)| {
+            let j0 = k * tb;
+            let j1 = (j0 + tb).min(rows);
+            grad_targets(isa, &p, n, &lse, j0..j1, (ch, stride));
+        });
+    }
+    if let Some(rl) = outputs.row_losses {
+        rl.copy_from_slice(&loss);
+    }
+    match reduction {
+        Reduction::Mean => (total / n as f64) as f32,
+        Reduction::Sum | Reduction::None => total as f32,
+    }
+}
+
+/// One block of dense InfoNCE rows: its index, its loss and log-sum-exp outputs, and its
+/// gradient rows with their stride.
+type NceWork<'a> = (
+    usize,
+    ((&'a mut [f32], &'a mut [f32]), Option<(&'a mut [f32], usize)>),
+);
+
+/// Logit rows per block of dense InfoNCE: a multiple of the 4-row micro-kernel, small enough
+/// that a call with a few hundred rows still spreads over both cores.
+fn infonce_rows_per_block(n: usize) -> usize {
+    if n >= 256 {
+        32
+    } else {
+        (n.div_ceil(8)).clamp(4, 32).div_ceil(4) * 4
+    }
 }
 
 /// Runs a cross-entropy problem on the kernels; `count` is the mean's denominator.

@@ -29,7 +29,7 @@ pub(crate) enum RowScale<'a> {
 
 impl RowScale<'_> {
     #[inline(always)]
-    fn get(&self, i: usize) -> f32 {
+    pub(crate) fn get(&self, i: usize) -> f32 {
         match self {
             RowScale::All(s) => *s,
             RowScale::Upstream(u) => u[i],

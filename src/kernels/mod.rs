@@ -7,6 +7,7 @@
 //! whatever the number of threads.
 
 pub(crate) mod cross_entropy;
+pub(crate) mod infonce;
 pub(crate) mod validate;
 
 use rayon::prelude::*;

@@ -1,0 +1,655 @@
+//! Soft-target InfoNCE with dense targets, fused and tiled (flash-attention style).
+//!
+//! For a block of logit rows `I` and, in turn, every block of targets `J`:
+//! 1. `S_IJ = Z_I·A_Jᵀ / t − b_J` with a register-blocked 4 × 4 dot-product micro-kernel
+//!    (`b_j = Σ_c a_jc log η_c` is computed once per call);
+//! 2. per row an online maximum `m_i` and sum `l_i`; `P_IJ = exp(S_IJ − m_i)`, and when `m_i`
+//!    grows the accumulator is rescaled;
+//! 3. `O_I += P_IJ·A_J` with a 4-row axpy micro-kernel (skipped for loss-only calls).
+//!
+//! At the end `l_i = (m_i − S_{i,p}) + ln l_i` and `∂l_i/∂z_i = k_i (O_i / l_i − a_p)`. The
+//! `N × M` score matrix is never stored: extra memory is one `R × T` score tile and one
+//! `R × C` accumulator per block of rows.
+//!
+//! Rows whose logits are not all finite (masked `−∞`, NaN, `+∞`) leave the tiled path and
+//! go through [`dirty_row`], a plain per-row evaluation with the reference's conventions.
+//! The optional gradient with respect to the targets is a second pass ([`grad_targets`])
+//! over blocks of targets that recomputes `P` from the saved row log-sum-exps.
+
+use super::cross_entropy::RowScale;
+use super::stamp;
+use crate::simd::F32x;
+
+/// A validated dense InfoNCE problem on `f32` data.
+#[derive(Clone, Copy)]
+pub(crate) struct NceProblem<'a> {
+    pub z: &'a [f32],
+    pub z_stride: usize,
+    pub c: usize,
+    pub a: &'a [f32],
+    pub a_stride: usize,
+    pub m: usize,
+    pub inv_t: f32,
+    /// `log η_c`.
+    pub log_eta: &'a [f32],
+    /// `b_j = Σ_c a_jc log η_c`.
+    pub b: &'a [f32],
+    pub p0: usize,
+    pub scale: RowScale<'a>,
+}
+
+impl NceProblem<'_> {
+    #[inline(always)]
+    fn z_row(&self, i: usize) -> &[f32] {
+        &self.z[i * self.z_stride..i * self.z_stride + self.c]
+    }
+    #[inline(always)]
+    fn a_row(&self, j: usize) -> &[f32] {
+        &self.a[j * self.a_stride..j * self.a_stride + self.c]
+    }
+}
+
+/// Targets per tile: the tile of `A` (`T × C` floats) should stay in L2 next to the
+/// accumulators.
+pub(crate) fn target_tile(c: usize) -> usize {
+    ((96 * 1024) / (4 * c.max(1))).clamp(8, 256) / 4 * 4
+}
+
+/// `out[r][j] = z_r · a_j` for `RI` rows and `TJ` targets over `c` elements.
+///
+/// # Safety
+/// `V`'s CPU requirement; every pointer is valid for reading `c` floats.
+#[inline(always)]
+unsafe fn dot_tile<V: F32x, const RI: usize, const TJ: usize>(
+    z: [*const f32; RI],
+    a: [*const f32; TJ],
+    c: usize,
+) -> [[f32; TJ]; RI] {
+    let l = V::LANES;
+    // SAFETY: full vectors while `k + l <= c`, then one partial load of `c − k` elements.
+    unsafe {
+        let mut acc = [[V::zero(); TJ]; RI];
+        let mut k = 0;
+        while k + l <= c {
+            let mut av = [V::zero(); TJ];
+            for j in 0..TJ {
+                av[j] = V::load(a[j].add(k));
+            }
+            for r in 0..RI {
+                let zv = V::load(z[r].add(k));
+                for j in 0..TJ {
+                    acc[r][j] = zv.fma(av[j], acc[r][j]);
+                }
+            }
+            k += l;
+        }
+        if k < c {
+            let mut av = [V::zero(); TJ];
+            for j in 0..TJ {
+                av[j] = V::load_partial(a[j].add(k), c - k, 0.0);
+            }
+            for r in 0..RI {
+                let zv = V::load_partial(z[r].add(k), c - k, 0.0);
+                for j in 0..TJ {
+                    acc[r][j] = zv.fma(av[j], acc[r][j]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; TJ]; RI];
+        for r in 0..RI {
+            for j in 0..TJ {
+                out[r][j] = acc[r][j].hsum();
+            }
+        }
+        out
+    }
+}
+
+/// `o_r += Σ_j p_r[j] · a_j` for `RI` rows over `c` elements (`p_r` has one weight per
+/// pointer in `a`).
+///
+/// # Safety
+/// `V`'s CPU requirement; `o` pointers valid for reading and writing `c` floats, `a` pointers
+/// for reading `c` floats, and every `p[r]` at least `a.len()` long.
+#[inline(always)]
+unsafe fn axpy_tile<V: F32x, const RI: usize>(
+    o: [*mut f32; RI],
+    p: [&[f32]; RI],
+    a: &[*const f32],
+    c: usize,
+) {
+    let l = V::LANES;
+    // SAFETY: accesses stay below `c` (two full vectors, one full vector, then a partial one).
+    unsafe {
+        let mut k = 0;
+        while k + 2 * l <= c {
+            let mut acc = [[V::zero(); 2]; RI];
+            for r in 0..RI {
+                acc[r][0] = V::load(o[r].add(k));
+                acc[r][1] = V::load(o[r].add(k + l));
+            }
+            for (j, &aj) in a.iter().enumerate() {
+                let a0 = V::load(aj.add(k));
+                let a1 = V::load(aj.add(k + l));
+                for r in 0..RI {
+                    let w = V::splat(*p[r].get_unchecked(j));
+                    acc[r][0] = w.fma(a0, acc[r][0]);
+                    acc[r][1] = w.fma(a1, acc[r][1]);
+                }
+            }
+            for r in 0..RI {
+                acc[r][0].store(o[r].add(k));
+                acc[r][1].store(o[r].add(k + l));
+            }
+            k += 2 * l;
+        }
+        while k < c {
+            let n = (c - k).min(l);
+            let mut acc = [V::zero(); RI];
+            for r in 0..RI {
+                acc[r] = V::load_partial(o[r].add(k), n, 0.0);
+            }
+            for (j, &aj) in a.iter().enumerate() {
+                let a0 = V::load_partial(aj.add(k), n, 0.0);
+                for r in 0..RI {
+                    acc[r] = V::splat(*p[r].get_unchecked(j)).fma(a0, acc[r]);
+                }
+            }
+            for r in 0..RI {
+                acc[r].store_partial(o[r].add(k), n);
+            }
+            k += n;
+        }
+    }
+}
+
+/// `x[k] *= s` over a row.
+///
+/// # Safety
+/// `V`'s CPU requirement.
+#[inline(always)]
+unsafe fn scale_row<V: F32x>(x: &mut [f32], s: f32) {
+    let (n, l) = (x.len(), V::LANES);
+    let p = x.as_mut_ptr();
+    // SAFETY: full vectors below n, then one partial vector.
+    unsafe {
+        let vs = V::splat(s);
+        let mut k = 0;
+        while k + l <= n {
+            V::load(p.add(k)).mul(vs).store(p.add(k));
+            k += l;
+        }
+        if k < n {
+            V::load_partial(p.add(k), n - k, 0.0)
+                .mul(vs)
+                .store_partial(p.add(k), n - k);
+        }
+    }
+}
+
+/// Scores `S[r][j] = (z_r · a_j)/t − b_j` of `rows × [j0, j1)` into `s` (row stride `ts`).
+///
+/// # Safety
+/// `V`'s CPU requirement; `rows` are valid logit rows, `j1 <= M`, `s` holds
+/// `rows.len() × ts` floats with `ts >= j1 − j0`.
+#[inline(always)]
+unsafe fn score_tile<V: F32x>(
+    p: &NceProblem<'_>,
+    rows: &[usize],
+    j0: usize,
+    j1: usize,
+    s: &mut [f32],
+    ts: usize,
+) {
+    let c = p.c;
+    let zp = |i: usize| p.z_row(i).as_ptr();
+    let ap = |j: usize| p.a_row(j).as_ptr();
+    // SAFETY: every pointer is the start of a row of `c` floats; the caller's guarantees.
+    unsafe {
+        let mut r = 0;
+        while r < rows.len() {
+            let full_r = rows.len() - r >= 4;
+            let mut j = j0;
+            while j < j1 {
+                let full_j = j1 - j >= 4;
+                if full_r && full_j {
+                    let out = dot_tile::<V, 4, 4>(
+                        [zp(rows[r]), zp(rows[r + 1]), zp(rows[r + 2]), zp(rows[r + 3])],
+                        [ap(j), ap(j + 1), ap(j + 2), ap(j + 3)],
+                        c,
+                    );
+                    for (dr, row) in out.iter().enumerate() {
+                        for (dj, &v) in row.iter().enumerate() {
+                            s[(r + dr) * ts + (j - j0 + dj)] = v;
+                        }
+                    }
+                    j += 4;
+                } else if full_j {
+                    let out = dot_tile::<V, 1, 4>([zp(rows[r])], [ap(j), ap(j + 1), ap(j + 2), ap(j + 3)], c);
+                    for (dj, &v) in out[0].iter().enumerate() {
+                        s[r * ts + (j - j0 + dj)] = v;
+                    }
+                    j += 4;
+                } else {
+                    let rr = if full_r { 4 } else { 1 };
+                    for dr in 0..rr {
+                        let out = dot_tile::<V, 1, 1>([zp(rows[r + dr])], [ap(j)], c);
+                        s[(r + dr) * ts + (j - j0)] = out[0][0];
+                    }
+                    j += 1;
+                }
+            }
+            r += if full_r { 4 } else { 1 };
+        }
+        // Epilogue: scale and bias.
+        for r in 0..rows.len() {
+            for j in j0..j1 {
+                let v = &mut s[r * ts + (j - j0)];
+                *v = *v * p.inv_t - p.b[j];
+            }
+        }
+    }
+}
+
+/// One block of clean rows (all logits finite): losses into `loss`, and when `grad` is given
+/// the gradient rows (`grad[r]` for `rows[r]`). Returns each row's log-sum-exp in `lse`.
+///
+/// # Safety
+/// `V`'s CPU requirement; `rows` are valid and hold only finite logits.
+#[inline(always)]
+unsafe fn clean_rows<V: F32x>(
+    p: &NceProblem<'_>,
+    rows: &[usize],
+    loss: &mut [f32],
+    lse: &mut [f32],
+    mut grad: Option<&mut [&mut [f32]]>,
+) {
+    let (c, m) = (p.c, p.m);
+    let nr = rows.len();
+    let tile = target_tile(c);
+    let mut s = vec![0.0f32; nr * tile];
+    let mut mx = vec![f32::NEG_INFINITY; nr];
+    let mut sum = vec![0.0f32; nr];
+    let want_grad = grad.is_some();
+    let mut o = if want_grad {
+        vec![0.0f32; nr * c]
+    } else {
+        Vec::new()
+    };
+    // SAFETY: V's CPU requirement is the caller's; tiles and rows are in range.
+    unsafe {
+        let mut j0 = 0;
+        while j0 < m {
+            let j1 = (j0 + tile).min(m);
+            let w = j1 - j0;
+            score_tile::<V>(p, rows, j0, j1, &mut s, tile);
+            for r in 0..nr {
+                let srow = &mut s[r * tile..r * tile + w];
+                let tmax = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let new_m = mx[r].max(tmax);
+                let alpha = if mx[r] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (mx[r] - new_m).exp()
+                };
+                let mut tsum = 0.0f32;
+                exp_shift::<V>(srow, new_m, &mut tsum);
+                sum[r] = sum[r] * alpha + tsum;
+                if want_grad && alpha != 1.0 {
+                    scale_row::<V>(&mut o[r * c..(r + 1) * c], alpha);
+                }
+                mx[r] = new_m;
+            }
+            if want_grad {
+                let aptrs: Vec<*const f32> = (j0..j1).map(|j| p.a_row(j).as_ptr()).collect();
+                let mut r = 0;
+                while r < nr {
+                    if nr - r >= 4 {
+                        let op = o.as_mut_ptr();
+                        axpy_tile::<V, 4>(
+                            [
+                                op.add(r * c),
+                                op.add((r + 1) * c),
+                                op.add((r + 2) * c),
+                                op.add((r + 3) * c),
+                            ],
+                            [
+                                &s[r * tile..r * tile + w],
+                                &s[(r + 1) * tile..(r + 1) * tile + w],
+                                &s[(r + 2) * tile..(r + 2) * tile + w],
+                                &s[(r + 3) * tile..(r + 3) * tile + w],
+                            ],
+                            &aptrs,
+                            c,
+                        );
+                        r += 4;
+                    } else {
+                        axpy_tile::<V, 1>(
+                            [o.as_mut_ptr().add(r * c)],
+                            [&s[r * tile..r * tile + w]],
+                            &aptrs,
+                            c,
+                        );
+                        r += 1;
+                    }
+                }
+            }
+            j0 = j1;
+        }
+        for (r, &i) in rows.iter().enumerate() {
+            let pos = p.p0 + i;
+            let s_pos = dot::<V>(p.z_row(i), p.a_row(pos)) * p.inv_t - p.b[pos];
+            let ln_l = sum[r].ln();
+            loss[r] = (mx[r] - s_pos) + ln_l;
+            lse[r] = mx[r] + ln_l;
+            if let Some(g) = grad.as_deref_mut() {
+                let k = p.scale.get(i) * p.inv_t;
+                finish_grad::<V>(&o[r * c..(r + 1) * c], p.a_row(pos), k / sum[r], -k, g[r]);
+            }
+        }
+    }
+}
+
+/// `x = exp(x − m)` over a row, adding the results into `sum`.
+///
+/// # Safety
+/// `V`'s CPU requirement.
+#[inline(always)]
+unsafe fn exp_shift<V: F32x>(x: &mut [f32], m: f32, sum: &mut f32) {
+    let (n, l) = (x.len(), V::LANES);
+    let p = x.as_mut_ptr();
+    // SAFETY: full vectors below n, then one partial vector.
+    unsafe {
+        let vm = V::splat(m);
+        let mut acc = V::zero();
+        let mut k = 0;
+        while k + l <= n {
+            let e = V::load(p.add(k)).sub(vm).exp();
+            e.store(p.add(k));
+            acc = acc.add(e);
+            k += l;
+        }
+        if k < n {
+            let e = V::load_partial(p.add(k), n - k, f32::NEG_INFINITY).sub(vm).exp();
+            e.store_partial(p.add(k), n - k);
+            acc = acc.add(e);
+        }
+        *sum = acc.hsum();
+    }
+}
+
+/// `Σ x_k y_k`.
+///
+/// # Safety
+/// `V`'s CPU requirement; `x` and `y` have the same length.
+#[inline(always)]
+unsafe fn dot<V: F32x>(x: &[f32], y: &[f32]) -> f32 {
+    // SAFETY: the caller's guarantees; both rows hold `x.len()` floats.
+    unsafe { dot_tile::<V, 1, 1>([x.as_ptr()], [y.as_ptr()], x.len())[0][0] }
+}
+
+/// `g = o·c1 + a·c2`.
+///
+/// # Safety
+/// `V`'s CPU requirement; all slices have the same length.
+#[inline(always)]
+unsafe fn finish_grad<V: F32x>(o: &[f32], a: &[f32], c1: f32, c2: f32, g: &mut [f32]) {
+    let (n, l) = (o.len(), V::LANES);
+    let (op, ap, gp) = (o.as_ptr(), a.as_ptr(), g.as_mut_ptr());
+    // SAFETY: full vectors below n, then one partial vector.
+    unsafe {
+        let (v1, v2) = (V::splat(c1), V::splat(c2));
+        let mut k = 0;
+        while k + l <= n {
+            V::load(op.add(k))
+                .fma(v1, V::load(ap.add(k)).mul(v2))
+                .store(gp.add(k));
+            k += l;
+        }
+        if k < n {
+            let r = n - k;
+            V::load_partial(op.add(k), r, 0.0)
+                .fma(v1, V::load_partial(ap.add(k), r, 0.0).mul(v2))
+                .store_partial(gp.add(k), r);
+        }
+    }
+}
+
+/// `a·g` with `0·(±∞) = 0`.
+#[inline(always)]
+fn mul0(a: f32, g: f32) -> f32 {
+    if a == 0.0 && g.is_infinite() {
+        0.0
+    } else {
+        a * g
+    }
+}
+
+/// A row with a non-finite logit, evaluated plainly with the reference's conventions:
+/// `0·(−∞) = 0`; NaN or `+∞` make the row NaN; no finite candidate gives `+∞` and zero
+/// probabilities. Writes the gradient row if given; returns `(loss, lse)`.
+fn dirty_row(p: &NceProblem<'_>, i: usize, g: Option<&mut [f32]>, scores: &mut Vec<f32>) -> (f32, f32) {
+    let c = p.c;
+    let z = p.z_row(i);
+    let k = p.scale.get(i) * p.inv_t;
+    if z.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
+        if let Some(g) = g {
+            g.fill(f32::NAN);
+        }
+        return (f32::NAN, f32::NAN);
+    }
+    let gi: Vec<f32> = z
+        .iter()
+        .zip(p.log_eta)
+        .map(|(&x, &le)| x * p.inv_t - le)
+        .collect();
+    scores.clear();
+    scores.extend((0..p.m).map(|j| p.a_row(j).iter().zip(&gi).map(|(&a, &g)| mul0(a, g)).sum::<f32>()));
+    let mx = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let pos = p.p0 + i;
+    let (loss, lse, sum) = if mx == f32::NEG_INFINITY {
+        (f32::INFINITY, f32::NEG_INFINITY, 0.0)
+    } else {
+        let sum: f32 = scores.iter().map(|s| (s - mx).exp()).sum();
+        ((mx - scores[pos]) + sum.ln(), mx + sum.ln(), sum)
+    };
+    if let Some(g) = g {
+        g.fill(0.0);
+        if sum > 0.0 {
+            for (j, &s) in scores.iter().enumerate() {
+                let w = (s - mx).exp() / sum;
+                if w != 0.0 {
+                    for (o, &a) in g.iter_mut().zip(p.a_row(j)) {
+                        *o += w * a;
+                    }
+                }
+            }
+        }
+        for (o, &a) in g.iter_mut().zip(p.a_row(pos)) {
+            *o = (*o - a) * k;
+        }
+    }
+    debug_assert_eq!(scores.len(), p.m);
+    let _ = c;
+    (loss, lse)
+}
+
+/// Rows `rows` of the problem: losses into `loss` (one per row), the log-sum-exp of each row
+/// into `lse`, and gradient rows into `grad` (row `r` at `r · g_stride`). Returns the sum of
+/// the losses.
+///
+/// # Safety
+/// `V`'s CPU requirement; the problem was validated; `loss` and `lse` hold `rows.len()`
+/// floats; `grad`, if given, holds the block's rows at stride `g_stride`.
+#[inline(always)]
+unsafe fn nce_block_generic<V: F32x>(
+    p: &NceProblem<'_>,
+    rows: std::ops::Range<usize>,
+    loss: &mut [f32],
+    lse: &mut [f32],
+    grad: Option<(&mut [f32], usize)>,
+) -> f64 {
+    let c = p.c;
+    let r0 = rows.start;
+    let all: Vec<usize> = rows.clone().collect();
+    let (clean, dirty): (Vec<usize>, Vec<usize>) = all
+        .iter()
+        .partition(|&&i| p.z_row(i).iter().all(|x| x.is_finite()));
+    let mut grows: Vec<&mut [f32]> = match grad {
+        Some((g, gs)) => g
+            .chunks_mut(gs)
+            .take(all.len())
+            .map(|row| &mut row[..c])
+            .collect(),
+        None => Vec::new(),
+    };
+    let want_grad = !grows.is_empty();
+    let mut scores = Vec::new();
+    for &i in &dirty {
+        let r = i - r0;
+        let g = if want_grad { Some(&mut *grows[r]) } else { None };
+        let (l, e) = dirty_row(p, i, g, &mut scores);
+        loss[r] = l;
+        lse[r] = e;
+    }
+    if !clean.is_empty() {
+        let mut cl = vec![0.0f32; clean.len()];
+        let mut ce = vec![0.0f32; clean.len()];
+        if want_grad {
+            let mut taken: Vec<Option<&mut [f32]>> = grows.into_iter().map(Some).collect();
+            let mut cg: Vec<&mut [f32]> = clean.iter().map(|&i| taken[i - r0].take().unwrap()).collect();
+            // SAFETY: V's CPU requirement is the caller's; `clean` rows are finite.
+            unsafe { clean_rows::<V>(p, &clean, &mut cl, &mut ce, Some(&mut cg)) };
+        } else {
+            // SAFETY: as above.
+            unsafe { clean_rows::<V>(p, &clean, &mut cl, &mut ce, None) };
+        }
+        for (k, &i) in clean.iter().enumerate() {
+            loss[i - r0] = cl[k];
+            lse[i - r0] = ce[k];
+        }
+    }
+    loss.iter().map(|&l| l as f64).sum()
+}
+
+stamp! {
+    /// Rows of a dense InfoNCE problem on the backend `isa`; returns the sum of their losses.
+    pub(crate) fn nce_block(
+        p: &NceProblem<'_>,
+        rows: std::ops::Range<usize>,
+        loss: &mut [f32],
+        lse: &mut [f32],
+        grad: Option<(&mut [f32], usize)>,
+    ) -> f64 = nce_block_generic;
+}
+
+/// Gradient with respect to targets `[j0, j1)`:
+/// `dA_j = Σ_i scale_i (P_ij − [j = p0 + i]) g_i` with `P_ij = exp(S_ij − lse_i)` and
+/// `g_i = z_i/t − log η`, written to `out = (data, stride)` (row `j − j0` at `stride`).
+///
+/// # Safety
+/// `V`'s CPU requirement; the problem was validated; `lse` holds every row's log-sum-exp.
+#[inline(always)]
+unsafe fn grad_targets_generic<V: F32x>(
+    p: &NceProblem<'_>,
+    n: usize,
+    lse: &[f32],
+    targets: std::ops::Range<usize>,
+    out: (&mut [f32], usize),
+) {
+    let (j0, j1) = (targets.start, targets.end);
+    let (out, j_stride) = out;
+    let c = p.c;
+    let w = j1 - j0;
+    for r in 0..w {
+        out[r * j_stride..r * j_stride + c].fill(0.0);
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let poisoned = all
+        .iter()
+        .any(|&i| p.z_row(i).iter().any(|x| x.is_nan() || *x == f32::INFINITY));
+    if poisoned {
+        for r in 0..w {
+            out[r * j_stride..r * j_stride + c].fill(f32::NAN);
+        }
+        return;
+    }
+    let (clean, dirty): (Vec<usize>, Vec<usize>) = all
+        .iter()
+        .partition(|&&i| p.z_row(i).iter().all(|x| x.is_finite()));
+    let rb = 32usize;
+    let mut s = vec![0.0f32; rb * w];
+    let mut gbuf = vec![0.0f32; rb * c];
+    // SAFETY: V's CPU requirement is the caller's; all rows and tiles are in range.
+    unsafe {
+        for chunk in clean.chunks(rb) {
+            let nr = chunk.len();
+            score_tile::<V>(p, chunk, j0, j1, &mut s, w);
+            for (r, &i) in chunk.iter().enumerate() {
+                let sc = p.scale.get(i);
+                for jj in 0..w {
+                    let j = j0 + jj;
+                    let mut v = (s[r * w + jj] - lse[i]).exp() * sc;
+                    if j == p.p0 + i {
+                        v -= sc;
+                    }
+                    s[r * w + jj] = v;
+                }
+                for (gv, (&zv, &le)) in gbuf[r * c..(r + 1) * c]
+                    .iter_mut()
+                    .zip(p.z_row(i).iter().zip(p.log_eta))
+                {
+                    *gv = zv * p.inv_t - le;
+                }
+            }
+            // dA_j += Σ_r W[r][j] g_r: rows of the output are targets; the "weights" are the
+            // columns of W, gathered per target.
+            let gptrs: Vec<*const f32> = (0..nr).map(|r| gbuf.as_ptr().add(r * c)).collect();
+            let mut wcol = vec![0.0f32; nr];
+            for jj in 0..w {
+                for r in 0..nr {
+                    wcol[r] = s[r * w + jj];
+                }
+                axpy_tile::<V, 1>([out.as_mut_ptr().add(jj * j_stride)], [&wcol], &gptrs, c);
+            }
+        }
+    }
+    // Rows with masked logits: plain evaluation with 0·(−∞) = 0.
+    let mut scores = Vec::new();
+    for &i in &dirty {
+        let gi: Vec<f32> = p
+            .z_row(i)
+            .iter()
+            .zip(p.log_eta)
+            .map(|(&x, &le)| x * p.inv_t - le)
+            .collect();
+        scores.clear();
+        scores.extend((0..p.m).map(|j| p.a_row(j).iter().zip(&gi).map(|(&a, &g)| mul0(a, g)).sum::<f32>()));
+        let sc = p.scale.get(i);
+        for j in j0..j1 {
+            let pij = if lse[i] == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (scores[j] - lse[i]).exp()
+            };
+            let wgt = (pij - if j == p.p0 + i { 1.0 } else { 0.0 }) * sc;
+            for (o, &g) in out[(j - j0) * j_stride..(j - j0) * j_stride + c]
+                .iter_mut()
+                .zip(&gi)
+            {
+                *o += mul0(wgt, g);
+            }
+        }
+    }
+}
+
+stamp! {
+    /// The target gradient of targets `[j0, j1)` on the backend `isa`.
+    pub(crate) fn grad_targets(
+        p: &NceProblem<'_>,
+        n: usize,
+        lse: &[f32],
+        targets: std::ops::Range<usize>,
+        out: (&mut [f32], usize),
+    ) -> () = grad_targets_generic;
+}
