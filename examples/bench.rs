@@ -4,7 +4,7 @@
 //! cargo run --release --example bench -- --loss soft-ce|hard-ce|soft-infonce \
 //!     --targets dense|hard|mixed|sparse --n N [--m M] --c C \
 //!     [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline]
-//!     [--trust-targets]
+//!     [--trust-targets] [--peak]
 //! ```
 //!
 //! `gbps` is the minimal number of bytes the call must move (logits and dense targets read
@@ -15,6 +15,8 @@
 //! fraction reached. Note the kernels write gradients above 64 MiB with non-temporal
 //! stores, which the plain-store loop does not use.
 //! `--trust-targets` turns off the scan of dense target weights (`check_targets(false)`).
+//! `--peak` (dense InfoNCE) measures the FMA peak of the same threads with a register-only
+//! loop in the same run and reports the fraction reached.
 
 use rayon::prelude::*;
 use softnce::{
@@ -36,13 +38,14 @@ struct Args {
     grad: bool,
     roofline: bool,
     trust: bool,
+    peak: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("error: {msg}");
     eprintln!(
         "usage: bench --loss soft-ce|hard-ce|soft-infonce --targets dense|hard|mixed|sparse --n N [--m M] --c C \
-         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets]"
+         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets] [--peak]"
     );
     std::process::exit(2)
 }
@@ -60,6 +63,7 @@ fn parse() -> Args {
         grad: true,
         roofline: false,
         trust: false,
+        peak: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +90,7 @@ fn parse() -> Args {
             "--no-grad" => a.grad = false,
             "--roofline" => a.roofline = true,
             "--trust-targets" => a.trust = true,
+            "--peak" => a.peak = true,
             "-h" | "--help" => usage("help requested"),
             other => usage(&format!("unknown flag {other}")),
         }
@@ -169,6 +174,64 @@ fn stream_gbps(len: usize, dense: bool, reps: usize) -> f64 {
     }
     times.remove(0);
     ((if dense { 12 } else { 8 }) * len) as f64 / median(&mut times) / 1e9
+}
+
+/// The FMA peak of the pool's threads in GFLOP/s: every thread runs a register-only loop of
+/// independent 512-bit (AVX-512) or 256-bit (AVX2) fused multiply-adds. `None` where neither
+/// exists.
+fn fma_peak_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run512(iters: usize) -> f32 {
+            let mut acc = [_mm512_set1_ps(1.0); 12];
+            let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+            for _ in 0..iters {
+                for a in acc.iter_mut() {
+                    *a = _mm512_fmadd_ps(*a, x, y);
+                }
+            }
+            acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run256(iters: usize) -> f32 {
+            let mut acc = [_mm256_set1_ps(1.0); 12];
+            let (x, y) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            for _ in 0..iters {
+                for a in acc.iter_mut() {
+                    *a = _mm256_fmadd_ps(*a, x, y);
+                }
+            }
+            let mut out = [0.0f32; 8];
+            _mm256_storeu_ps(
+                out.as_mut_ptr(),
+                acc.iter().fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a)),
+            );
+            out.iter().sum()
+        }
+        let (lanes, f): (usize, unsafe fn(usize) -> f32) = if is_x86_feature_detected!("avx512f") {
+            (16, run512)
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            (8, run256)
+        } else {
+            return None;
+        };
+        let iters = 20_000_000usize;
+        let threads = rayon::current_num_threads();
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            // SAFETY: the feature the function needs was detected above.
+            let r: Vec<f32> = rayon::broadcast(|_| unsafe { f(iters) });
+            black_box(r);
+            let secs = t0.elapsed().as_secs_f64();
+            best = best.max((threads * iters * 12 * lanes * 2) as f64 / secs / 1e9);
+        }
+        Some(best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 fn main() {
@@ -277,7 +340,16 @@ fn run(args: &Args) {
     );
     if args.loss == "soft-infonce" && args.targets == "dense" {
         let flops = if args.grad { 4 } else { 2 } as f64 * (n * m * c) as f64;
-        json += &format!(",\"gflops\":{:.2}", flops / med / 1e9);
+        let gflops = flops / med / 1e9;
+        json += &format!(",\"gflops\":{gflops:.2}");
+        if args.peak {
+            if let Some(peak) = fma_peak_gflops() {
+                json += &format!(
+                    ",\"fma_peak_gflops\":{peak:.1},\"fraction_of_peak\":{:.3}",
+                    gflops / peak
+                );
+            }
+        }
     }
     if args.roofline {
         let s = stream_gbps(n * c, args.targets == "dense", args.reps.clamp(5, 20));

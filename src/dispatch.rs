@@ -311,14 +311,11 @@ type NceWork<'a> = (
     ((&'a mut [f32], &'a mut [f32]), Option<(&'a mut [f32], usize)>),
 );
 
-/// Logit rows per block of dense InfoNCE: a multiple of the 4-row micro-kernel, small enough
-/// that a call with a few hundred rows still spreads over both cores.
+/// Logit rows per block ("slab") of dense InfoNCE: a multiple of the 8-row micro-kernel.
 fn infonce_rows_per_block(n: usize) -> usize {
-    if n >= 256 {
-        32
-    } else {
-        (n.div_ceil(8)).clamp(4, 32).div_ceil(4) * 4
-    }
+    // Large slabs amortise the packing of each target tile over many rows; at least four
+    // slabs keep both cores busy.
+    n.div_ceil(2).div_ceil(8).clamp(1, 256) * 8
 }
 
 /// Runs a cross-entropy problem on the kernels; `count` is the mean's denominator.

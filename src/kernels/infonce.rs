@@ -49,12 +49,6 @@ impl NceProblem<'_> {
     }
 }
 
-/// Targets per tile: the tile of `A` (`T × C` floats) should stay in L2 next to the
-/// accumulators.
-pub(crate) fn target_tile(c: usize) -> usize {
-    ((96 * 1024) / (4 * c.max(1))).clamp(8, 256) / 4 * 4
-}
-
 /// `out[r][j] = z_r · a_j` for `RI` rows and `TJ` targets over `c` elements.
 ///
 /// # Safety
@@ -105,8 +99,8 @@ unsafe fn dot_tile<V: F32x, const RI: usize, const TJ: usize>(
     }
 }
 
-/// `o_r += Σ_j p_r[j] · a_j` for `RI` rows over `c` elements (`p_r` has one weight per
-/// pointer in `a`).
+/// `o_r[k] += Σ_j p_r[j] · a_j[k]` for `RI` rows and `k` in `[k0, c)` (`p_r` has one
+/// weight per pointer in `a`).
 ///
 /// # Safety
 /// `V`'s CPU requirement; `o` pointers valid for reading and writing `c` floats, `a` pointers
@@ -116,12 +110,14 @@ unsafe fn axpy_tile<V: F32x, const RI: usize>(
     o: [*mut f32; RI],
     p: [&[f32]; RI],
     a: &[*const f32],
+    k0: usize,
     c: usize,
 ) {
     let l = V::LANES;
-    // SAFETY: accesses stay below `c` (two full vectors, one full vector, then a partial one).
+    // SAFETY: accesses stay in `[k0, c)` (two full vectors, one full vector, then a partial
+    // one).
     unsafe {
-        let mut k = 0;
+        let mut k = k0;
         while k + 2 * l <= c {
             let mut acc = [[V::zero(); 2]; RI];
             for r in 0..RI {
@@ -183,6 +179,185 @@ unsafe fn scale_row<V: F32x>(x: &mut [f32], s: f32) {
             V::load_partial(p.add(k), n - k, 0.0)
                 .mul(vs)
                 .store_partial(p.add(k), n - k);
+        }
+    }
+}
+
+/// Targets per tile of the packed score kernel: four vectors' worth.
+#[inline(always)]
+fn packed_tile<V: F32x>() -> usize {
+    16 * V::LANES
+}
+
+/// Columns of `C` per packed panel (the panel of a tile is `tile × KC` floats).
+const KC: usize = 128;
+
+/// Packs targets `[j0, j1)`, columns `[k0, k0 + kc)` into `panel` as
+/// `[target vector][k][lane]` (targets past `j1` are zero), so that the score kernel loads
+/// one vector of targets per column.
+fn pack_panel(
+    p: &NceProblem<'_>,
+    targets: std::ops::Range<usize>,
+    k0: usize,
+    kc: usize,
+    shape: (usize, usize),
+    panel: &mut [f32],
+) {
+    let (j0, j1) = (targets.start, targets.end);
+    let (lanes, tile) = shape;
+    for jv in 0..tile / lanes {
+        let base = jv * kc * lanes;
+        for lane in 0..lanes {
+            let j = j0 + jv * lanes + lane;
+            if j < j1 {
+                let row = &p.a_row(j)[k0..k0 + kc];
+                for (k, &v) in row.iter().enumerate() {
+                    panel[base + k * lanes + lane] = v;
+                }
+            } else {
+                for k in 0..kc {
+                    panel[base + k * lanes + lane] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// `s_r[0..2L] (+)= Σ_k z_r[k] · panel[k][0..2L]` for `RG` rows and two target vectors
+/// (`a0`, `a1` point at the two vectors' columns in the panel). Outer-product form: one
+/// broadcast of `z_r[k]` feeds two fused multiply-adds, and no horizontal sums are needed.
+///
+/// # Safety
+/// `V`'s CPU requirement; `z[r]` valid for `kc` reads, `a0`/`a1` for `kc · LANES`, `s[r]`
+/// for `2 · LANES` reads and writes.
+#[inline(always)]
+unsafe fn gemm_tile<V: F32x, const RG: usize>(
+    z: [*const f32; RG],
+    a0: *const f32,
+    a1: *const f32,
+    kc: usize,
+    s: [*mut f32; RG],
+    first: bool,
+) {
+    let l = V::LANES;
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        let mut acc = [[V::zero(); 2]; RG];
+        if !first {
+            for r in 0..RG {
+                acc[r][0] = V::load(s[r]);
+                acc[r][1] = V::load(s[r].add(l));
+            }
+        }
+        for k in 0..kc {
+            let v0 = V::load(a0.add(k * l));
+            let v1 = V::load(a1.add(k * l));
+            for r in 0..RG {
+                let zb = V::splat(*z[r].add(k));
+                acc[r][0] = zb.fma(v0, acc[r][0]);
+                acc[r][1] = zb.fma(v1, acc[r][1]);
+            }
+        }
+        for r in 0..RG {
+            acc[r][0].store(s[r]);
+            acc[r][1].store(s[r].add(l));
+        }
+    }
+}
+
+/// Rows per register block of the packed kernels (16 accumulators on 32-register ISAs).
+#[inline(always)]
+fn row_group<V: F32x>() -> usize {
+    if V::LANES >= 16 || V::LANES == 4 {
+        8
+    } else {
+        4
+    }
+}
+
+/// Rows per sub-block of the score product: the sub-block's scores (`MB × tile` floats) stay
+/// in L2 while every `KC` panel of the tile streams past them.
+const MB: usize = 64;
+
+/// Scores `S[r][j] = (z_r · a_j)/t − b_j` of `rows × [j0, j1)` into `s` (row stride
+/// `packed_tile`). The tile's targets are packed once into `panel` (`tile × C` floats, in
+/// `KC`-column chunks) and reused by every row of the slab.
+///
+/// # Safety
+/// `V`'s CPU requirement; `rows` are valid logit rows, `j1 − j0 <= packed_tile::<V>()`, `s`
+/// holds `rows.len() × packed_tile` floats and `panel` `packed_tile × C`.
+#[inline(always)]
+unsafe fn score_tile_packed<V: F32x>(
+    p: &NceProblem<'_>,
+    rows: &[usize],
+    j0: usize,
+    j1: usize,
+    s: &mut [f32],
+    panel: &mut [f32],
+) {
+    let (c, l) = (p.c, V::LANES);
+    let tile = packed_tile::<V>();
+    let rg = row_group::<V>();
+    let mut k0 = 0;
+    while k0 < c {
+        let kc = (c - k0).min(KC);
+        pack_panel(
+            p,
+            j0..j1,
+            k0,
+            kc,
+            (l, tile),
+            &mut panel[tile * k0..tile * (k0 + kc)],
+        );
+        k0 += kc;
+    }
+    // SAFETY: V's CPU requirement is the caller's; all pointers index the packed chunks of
+    // `tile × kc` floats, logit rows of `c` floats at offset `k0 + kc <= c`, and score rows
+    // of `tile` floats.
+    unsafe {
+        for sub in (0..rows.len()).step_by(MB) {
+            let sub_end = (sub + MB).min(rows.len());
+            let mut k0 = 0;
+            while k0 < c {
+                let kc = (c - k0).min(KC);
+                let chunk = panel.as_ptr().add(tile * k0);
+                let first = k0 == 0;
+                for jp in 0..tile / (2 * l) {
+                    let a0 = chunk.add(2 * jp * kc * l);
+                    let a1 = chunk.add((2 * jp + 1) * kc * l);
+                    let col = 2 * jp * l;
+                    let mut r = sub;
+                    while r < sub_end {
+                        if rg == 8 && sub_end - r >= 8 {
+                            let zp: [*const f32; 8] =
+                                std::array::from_fn(|q| p.z_row(rows[r + q]).as_ptr().add(k0));
+                            let sp: [*mut f32; 8] =
+                                std::array::from_fn(|q| s.as_mut_ptr().add((r + q) * tile + col));
+                            gemm_tile::<V, 8>(zp, a0, a1, kc, sp, first);
+                            r += 8;
+                        } else if sub_end - r >= 4 {
+                            let zp: [*const f32; 4] =
+                                std::array::from_fn(|q| p.z_row(rows[r + q]).as_ptr().add(k0));
+                            let sp: [*mut f32; 4] =
+                                std::array::from_fn(|q| s.as_mut_ptr().add((r + q) * tile + col));
+                            gemm_tile::<V, 4>(zp, a0, a1, kc, sp, first);
+                            r += 4;
+                        } else {
+                            let zp = [p.z_row(rows[r]).as_ptr().add(k0)];
+                            let sp = [s.as_mut_ptr().add(r * tile + col)];
+                            gemm_tile::<V, 1>(zp, a0, a1, kc, sp, first);
+                            r += 1;
+                        }
+                    }
+                }
+                k0 += kc;
+            }
+        }
+        for r in 0..rows.len() {
+            for j in j0..j1 {
+                let v = &mut s[r * tile + (j - j0)];
+                *v = *v * p.inv_t - p.b[j];
+            }
         }
     }
 }
@@ -262,27 +437,37 @@ unsafe fn clean_rows<V: F32x>(
     rows: &[usize],
     loss: &mut [f32],
     lse: &mut [f32],
-    mut grad: Option<&mut [&mut [f32]]>,
+    grad: Option<&mut [&mut [f32]]>,
 ) {
     let (c, m) = (p.c, p.m);
     let nr = rows.len();
-    let tile = target_tile(c);
+    let tile = packed_tile::<V>();
+    let rg = row_group::<V>();
     let mut s = vec![0.0f32; nr * tile];
+    let mut panel = vec![0.0f32; tile * c];
     let mut mx = vec![f32::NEG_INFINITY; nr];
     let mut sum = vec![0.0f32; nr];
-    let want_grad = grad.is_some();
-    let mut o = if want_grad {
-        vec![0.0f32; nr * c]
-    } else {
-        Vec::new()
+    // The accumulators O_i = Σ_j P_ij a_j live in the caller's gradient rows (no extra N × C
+    // memory); they are finished in place at the end.
+    let optrs: Vec<*mut f32> = match grad {
+        Some(g) => g
+            .iter_mut()
+            .map(|row| {
+                row.fill(0.0);
+                row.as_mut_ptr()
+            })
+            .collect(),
+        None => Vec::new(),
     };
-    // SAFETY: V's CPU requirement is the caller's; tiles and rows are in range.
+    let want_grad = !optrs.is_empty();
+    // SAFETY: V's CPU requirement is the caller's; tiles and rows are in range; every pointer
+    // in `optrs` is the start of a distinct gradient row of `c` floats borrowed for this call.
     unsafe {
         let mut j0 = 0;
         while j0 < m {
             let j1 = (j0 + tile).min(m);
             let w = j1 - j0;
-            score_tile::<V>(p, rows, j0, j1, &mut s, tile);
+            score_tile_packed::<V>(p, rows, j0, j1, &mut s, &mut panel);
             for r in 0..nr {
                 let srow = &mut s[r * tile..r * tile + w];
                 let tmax = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -295,42 +480,42 @@ unsafe fn clean_rows<V: F32x>(
                 let mut tsum = 0.0f32;
                 exp_shift::<V>(srow, new_m, &mut tsum);
                 sum[r] = sum[r] * alpha + tsum;
-                if want_grad && alpha != 1.0 {
-                    scale_row::<V>(&mut o[r * c..(r + 1) * c], alpha);
+                if want_grad && alpha != 1.0 && j0 > 0 {
+                    scale_row::<V>(std::slice::from_raw_parts_mut(optrs[r], c), alpha);
                 }
                 mx[r] = new_m;
             }
             if want_grad {
                 let aptrs: Vec<*const f32> = (j0..j1).map(|j| p.a_row(j).as_ptr()).collect();
-                let mut r = 0;
-                while r < nr {
-                    if nr - r >= 4 {
-                        let op = o.as_mut_ptr();
-                        axpy_tile::<V, 4>(
-                            [
-                                op.add(r * c),
-                                op.add((r + 1) * c),
-                                op.add((r + 2) * c),
-                                op.add((r + 3) * c),
-                            ],
-                            [
-                                &s[r * tile..r * tile + w],
-                                &s[(r + 1) * tile..(r + 1) * tile + w],
-                                &s[(r + 2) * tile..(r + 2) * tile + w],
-                                &s[(r + 3) * tile..(r + 3) * tile + w],
-                            ],
-                            &aptrs,
-                            c,
-                        );
-                        r += 4;
-                    } else {
-                        axpy_tile::<V, 1>(
-                            [o.as_mut_ptr().add(r * c)],
-                            [&s[r * tile..r * tile + w]],
-                            &aptrs,
-                            c,
-                        );
-                        r += 1;
+                let prow = |r: usize| &s[r * tile..r * tile + w];
+                // Column blocks of `KC`: the tile's `w × KC` block of targets stays in L2 while
+                // every row of the slab passes over it.
+                for cb in (0..c).step_by(KC) {
+                    let ce = (cb + KC).min(c);
+                    let mut r = 0;
+                    while r < nr {
+                        if rg == 8 && nr - r >= 8 {
+                            axpy_tile::<V, 8>(
+                                std::array::from_fn(|q| optrs[r + q]),
+                                std::array::from_fn(|q| prow(r + q)),
+                                &aptrs,
+                                cb,
+                                ce,
+                            );
+                            r += 8;
+                        } else if nr - r >= 4 {
+                            axpy_tile::<V, 4>(
+                                std::array::from_fn(|q| optrs[r + q]),
+                                std::array::from_fn(|q| prow(r + q)),
+                                &aptrs,
+                                cb,
+                                ce,
+                            );
+                            r += 4;
+                        } else {
+                            axpy_tile::<V, 1>([optrs[r]], [prow(r)], &aptrs, cb, ce);
+                            r += 1;
+                        }
                     }
                 }
             }
@@ -342,9 +527,10 @@ unsafe fn clean_rows<V: F32x>(
             let ln_l = sum[r].ln();
             loss[r] = (mx[r] - s_pos) + ln_l;
             lse[r] = mx[r] + ln_l;
-            if let Some(g) = grad.as_deref_mut() {
+            if want_grad {
                 let k = p.scale.get(i) * p.inv_t;
-                finish_grad::<V>(&o[r * c..(r + 1) * c], p.a_row(pos), k / sum[r], -k, g[r]);
+                let g = std::slice::from_raw_parts_mut(optrs[r], c);
+                finish_grad_in_place::<V>(g, p.a_row(pos), k / sum[r], -k);
             }
         }
     }
@@ -388,27 +574,27 @@ unsafe fn dot<V: F32x>(x: &[f32], y: &[f32]) -> f32 {
     unsafe { dot_tile::<V, 1, 1>([x.as_ptr()], [y.as_ptr()], x.len())[0][0] }
 }
 
-/// `g = o·c1 + a·c2`.
+/// `g = g·c1 + a·c2` in place.
 ///
 /// # Safety
-/// `V`'s CPU requirement; all slices have the same length.
+/// `V`'s CPU requirement; `g` and `a` have the same length.
 #[inline(always)]
-unsafe fn finish_grad<V: F32x>(o: &[f32], a: &[f32], c1: f32, c2: f32, g: &mut [f32]) {
-    let (n, l) = (o.len(), V::LANES);
-    let (op, ap, gp) = (o.as_ptr(), a.as_ptr(), g.as_mut_ptr());
+unsafe fn finish_grad_in_place<V: F32x>(g: &mut [f32], a: &[f32], c1: f32, c2: f32) {
+    let (n, l) = (g.len(), V::LANES);
+    let (gp, ap) = (g.as_mut_ptr(), a.as_ptr());
     // SAFETY: full vectors below n, then one partial vector.
     unsafe {
         let (v1, v2) = (V::splat(c1), V::splat(c2));
         let mut k = 0;
         while k + l <= n {
-            V::load(op.add(k))
+            V::load(gp.add(k))
                 .fma(v1, V::load(ap.add(k)).mul(v2))
                 .store(gp.add(k));
             k += l;
         }
         if k < n {
             let r = n - k;
-            V::load_partial(op.add(k), r, 0.0)
+            V::load_partial(gp.add(k), r, 0.0)
                 .fma(v1, V::load_partial(ap.add(k), r, 0.0).mul(v2))
                 .store_partial(gp.add(k), r);
         }
@@ -610,7 +796,7 @@ unsafe fn grad_targets_generic<V: F32x>(
                 for r in 0..nr {
                     wcol[r] = s[r * w + jj];
                 }
-                axpy_tile::<V, 1>([out.as_mut_ptr().add(jj * j_stride)], [&wcol], &gptrs, c);
+                axpy_tile::<V, 1>([out.as_mut_ptr().add(jj * j_stride)], [&wcol], &gptrs, 0, c);
             }
         }
     }
