@@ -224,16 +224,15 @@ pub(crate) fn soft_infonce<T: Element>(
     };
     let (n, c) = (logits.rows(), logits.cols());
     let log_eta: Vec<f32> = cfg.log_noise_f64(c).iter().map(|&v| v as f32).collect();
-    let b: Vec<f32> = (0..m)
-        .into_par_iter()
-        .map(|j| {
-            let row = &a[j * a_stride..j * a_stride + c];
-            row.iter()
-                .zip(&log_eta)
-                .map(|(&x, &le)| x as f64 * le as f64)
-                .sum::<f64>() as f32
-        })
-        .collect();
+    // b_j = a_j · log η in f64: S = z·a/t − b subtracts two terms of similar size (with
+    // uniform η, b_j = −ln C · Σ_c a_jc), so b must not add f32 rounding of its own.
+    let mut b = vec![0.0f32; m];
+    b.par_chunks_mut(64).enumerate().for_each(|(k, out)| {
+        for (q, o) in out.iter_mut().enumerate() {
+            let j = k * 64 + q;
+            *o = dot_f64(&a[j * a_stride..j * a_stride + c], &log_eta) as f32;
+        }
+    });
     let reduction = cfg.get_reduction();
     let p = NceProblem {
         z,
@@ -302,6 +301,23 @@ pub(crate) fn soft_infonce<T: Element>(
         Reduction::Mean => (total / n as f64) as f32,
         Reduction::Sum | Reduction::None => total as f32,
     }
+}
+
+/// `Σ x_k y_k` in f64 with eight independent partial sums (so it vectorises without
+/// reassociating a single chain).
+fn dot_f64(x: &[f32], y: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut xs = x.chunks_exact(8);
+    let mut ys = y.chunks_exact(8);
+    for (xc, yc) in (&mut xs).zip(&mut ys) {
+        for q in 0..8 {
+            acc[q] += xc[q] as f64 * yc[q] as f64;
+        }
+    }
+    for (&a, &b) in xs.remainder().iter().zip(ys.remainder()) {
+        acc[0] += a as f64 * b as f64;
+    }
+    acc.iter().sum()
 }
 
 /// One block of dense InfoNCE rows: its index, its loss and log-sum-exp outputs, and its

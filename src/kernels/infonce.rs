@@ -277,7 +277,7 @@ fn row_group<V: F32x>() -> usize {
 
 /// Rows per sub-block of the score product: the sub-block's scores (`MB × tile` floats) stay
 /// in L2 while every `KC` panel of the tile streams past them.
-const MB: usize = 64;
+const MB: usize = 256;
 
 /// Scores `S[r][j] = (z_r · a_j)/t − b_j` of `rows × [j0, j1)` into `s` (row stride
 /// `packed_tile`). The tile's targets are packed once into `panel` (`tile × C` floats, in
@@ -564,6 +564,34 @@ unsafe fn exp_shift<V: F32x>(x: &mut [f32], m: f32, sum: &mut f32) {
     }
 }
 
+/// Whether every value of `x` is finite: `fma(v, 0, acc)` stays 0 until a `±∞` or NaN
+/// makes it NaN (two independent chains).
+///
+/// # Safety
+/// `V`'s CPU requirement.
+#[inline(always)]
+unsafe fn all_finite<V: F32x>(x: &[f32]) -> bool {
+    let (n, l) = (x.len(), V::LANES);
+    let p = x.as_ptr();
+    // SAFETY: full vectors below n, then one partial vector.
+    unsafe {
+        let zero = V::zero();
+        let (mut a0, mut a1) = (zero, zero);
+        let mut k = 0;
+        while k + 2 * l <= n {
+            a0 = V::load(p.add(k)).fma(zero, a0);
+            a1 = V::load(p.add(k + l)).fma(zero, a1);
+            k += 2 * l;
+        }
+        while k < n {
+            let r = (n - k).min(l);
+            a0 = V::load_partial(p.add(k), r, 0.0).fma(zero, a0);
+            k += r;
+        }
+        !a0.add(a1).is_nan_any()
+    }
+}
+
 /// `Σ x_k y_k`.
 ///
 /// # Safety
@@ -678,9 +706,9 @@ unsafe fn nce_block_generic<V: F32x>(
     let c = p.c;
     let r0 = rows.start;
     let all: Vec<usize> = rows.clone().collect();
-    let (clean, dirty): (Vec<usize>, Vec<usize>) = all
-        .iter()
-        .partition(|&&i| p.z_row(i).iter().all(|x| x.is_finite()));
+    // SAFETY: V's CPU requirement is the caller's.
+    let (clean, dirty): (Vec<usize>, Vec<usize>) =
+        all.iter().partition(|&&i| unsafe { all_finite::<V>(p.z_row(i)) });
     let mut grows: Vec<&mut [f32]> = match grad {
         Some((g, gs)) => g
             .chunks_mut(gs)
