@@ -1,9 +1,9 @@
 //! Criterion benchmarks of the public loss calls (loss + gradient, f32, mean reduction).
 //!
 //! `cargo bench --bench losses`. Throughput is reported in logit elements per second.
-//! Cross-entropy runs once per backend this CPU has (`cross_entropy/<kernel>/<backend>`);
-//! InfoNCE still runs on the scalar f64 reference, the baseline its kernels will be
-//! measured against.
+//! Every kernel runs once per backend this CPU has (`<group>/<kernel>/<backend>`);
+//! InfoNCE throughput counts its 4·N·M·C flops as elements. InfoNCE with structured targets
+//! still runs on the scalar f64 reference and is measured at a small shape.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use softnce::{
@@ -68,22 +68,43 @@ fn cross_entropy(cr: &mut Criterion) {
 fn infonce(cr: &mut Criterion) {
     let mut group = cr.benchmark_group("soft_infonce");
     group.sample_size(10);
-    for &(n, c) in &[(64usize, 100usize), (128, 256)] {
+    for &(n, c) in &[(256usize, 1000usize)] {
         let (logits, dense, labels, partner) = data(n, c);
         let z = MatRef::new(&logits, n, c).unwrap();
         let mut grad = vec![0.0f32; n * c];
-        group.throughput(Throughput::Elements((n * c) as u64));
+        // 4·N·M·C flops for loss + gradient (M = N).
+        group.throughput(Throughput::Elements((4 * n * n * c) as u64));
         let dense_t = Targets::Dense(MatRef::new(&dense, n, c).unwrap());
-        let mixed = Targets::mixed(&labels, &partner, RowParam::Batch(0.7), 0.1);
-        for (name, t) in [("dense", &dense_t), ("mixed", &mixed)] {
-            group.bench_function(BenchmarkId::new(name, format!("{n}x{n}x{c}")), |b| {
+        for backend in available_backends() {
+            group.bench_function(
+                BenchmarkId::new(format!("dense/{backend}"), format!("{n}x{n}x{c}")),
+                |b| {
+                    b.iter(|| {
+                        SoftInfoNce::new()
+                            .backend(Some(backend))
+                            .loss_and_grad(black_box(z), &dense_t, MatMut::new(&mut grad, n, c).unwrap())
+                            .unwrap()
+                    })
+                },
+            );
+        }
+        // Structured targets still run on the f64 reference (O(N·M·C)): a small shape.
+        let (ns, cs) = (64usize, 100usize);
+        let (logits_s, _, labels_s, partner_s) = data(ns, cs);
+        let _ = (&labels, &partner);
+        let zs = MatRef::new(&logits_s, ns, cs).unwrap();
+        let mixed = Targets::mixed(&labels_s, &partner_s, RowParam::Batch(0.7), 0.1);
+        let mut grad_s = vec![0.0f32; ns * cs];
+        group.bench_function(
+            BenchmarkId::new("mixed/reference", format!("{ns}x{ns}x{cs}")),
+            |b| {
                 b.iter(|| {
                     SoftInfoNce::new()
-                        .loss_and_grad(black_box(z), t, MatMut::new(&mut grad, n, c).unwrap())
+                        .loss_and_grad(black_box(zs), &mixed, MatMut::new(&mut grad_s, ns, cs).unwrap())
                         .unwrap()
                 })
-            });
-        }
+            },
+        );
     }
     group.finish();
 }

@@ -58,8 +58,24 @@ macro_rules! stamp {
                     // for NEON (`Isa::resolve`).
                     unsafe { imp($($arg),*) }
                 }
-                // SAFETY: the scalar vector type has no CPU requirement.
-                _ => unsafe { $generic::<crate::simd::scalar::S1>($($arg),*) },
+                _ => {
+                    // The scalar backend computes true fused multiply-adds (`f32::mul_add`);
+                    // where the CPU has FMA, compile it with the instruction instead of the
+                    // software routine (same results, two orders of magnitude faster).
+                    #[cfg(target_arch = "x86_64")]
+                    if std::arch::is_x86_feature_detected!("fma") {
+                        #[target_feature(enable = "fma")]
+                        unsafe fn imp($($arg: $ty),*) -> $ret {
+                            // SAFETY: the scalar vector type has no CPU requirement; FMA was
+                            // detected by the caller.
+                            unsafe { $generic::<crate::simd::scalar::S1>($($arg),*) }
+                        }
+                        // SAFETY: FMA was just detected.
+                        return unsafe { imp($($arg),*) };
+                    }
+                    // SAFETY: the scalar vector type has no CPU requirement.
+                    unsafe { $generic::<crate::simd::scalar::S1>($($arg),*) }
+                }
             }
         }
     };
