@@ -11,9 +11,9 @@ row() {
   # Capture first: a formatter starting up in a pipe would steal a core from the timing.
   local out
   out=$("$bench" "$@" --threads 2)
-  echo "$out" | python3 benches/ce_row.py
+  echo "$out" | python3 benches/bench_row.py
 }
-echo "| loss / targets | N x C | backend | median | GB/s (of streaming loop) |"
+echo "| loss / targets | N x C | backend | median | minimal bytes / time (of streaming loop) |"
 echo "|---|---|---|---|---|"
 for shape in "--n 4096 --c 32000 --reps 10 --roofline" "--n 256 --c 1000 --reps 300"; do
   row --loss soft-ce --targets dense $shape "$@"
