@@ -502,7 +502,8 @@ unsafe fn structured_row<V: F32x>(
 unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Block<'_>) -> f64 {
     let c = p.c;
     let tp = Temp::new(p.t);
-    let mut e = vec![0.0f32; c];
+    let mut scratch = super::take_scratch(c);
+    let e = &mut scratch[..c];
     let Block {
         rows,
         mut grad,
@@ -534,7 +535,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                     } else {
                         (&[][..], &[][..])
                     };
-                    dense_row::<V>(z, &a[i * stride..i * stride + c], ctx, &mut e, g, next)
+                    dense_row::<V>(z, &a[i * stride..i * stride + c], ctx, e, g, next)
                 }
                 CeTargets::Structured { s, ignore } => {
                     let next_z = if i + 1 < end {
@@ -554,7 +555,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                             continue;
                         }
                     }
-                    structured_row::<V>(z, floor, entries, ctx, &mut e, g, next_z)
+                    structured_row::<V>(z, floor, entries, ctx, e, g, next_z)
                 }
             }
         };
@@ -567,6 +568,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
         // SAFETY: V's CPU requirement is the caller's.
         unsafe { V::stream_fence() };
     }
+    super::give_scratch(scratch);
     total
 }
 

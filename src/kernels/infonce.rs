@@ -285,7 +285,8 @@ const MB: usize = 256;
 ///
 /// # Safety
 /// `V`'s CPU requirement; `rows` are valid logit rows, `j1 − j0 <= packed_tile::<V>()`, `s`
-/// holds `rows.len() × packed_tile` floats and `panel` `packed_tile × C`.
+/// holds `rows.len() × packed_tile` floats and `panel` `packed_tile × C` (only
+/// `packed_tile × min(KC, C)` when `rows.len() <= MB`).
 #[inline(always)]
 unsafe fn score_tile_packed<V: F32x>(
     p: &NceProblem<'_>,
@@ -298,18 +299,23 @@ unsafe fn score_tile_packed<V: F32x>(
     let (c, l) = (p.c, V::LANES);
     let tile = packed_tile::<V>();
     let rg = row_group::<V>();
-    let mut k0 = 0;
-    while k0 < c {
-        let kc = (c - k0).min(KC);
-        pack_panel(
-            p,
-            j0..j1,
-            k0,
-            kc,
-            (l, tile),
-            &mut panel[tile * k0..tile * (k0 + kc)],
-        );
-        k0 += kc;
+    // With more rows than one sub-block, pack the whole tile once and reuse it per sub-block;
+    // otherwise pack each chunk just before use (a `tile × KC` panel stays in L2).
+    let whole = rows.len() > MB;
+    if whole {
+        let mut k0 = 0;
+        while k0 < c {
+            let kc = (c - k0).min(KC);
+            pack_panel(
+                p,
+                j0..j1,
+                k0,
+                kc,
+                (l, tile),
+                &mut panel[tile * k0..tile * (k0 + kc)],
+            );
+            k0 += kc;
+        }
     }
     // SAFETY: V's CPU requirement is the caller's; all pointers index the packed chunks of
     // `tile × kc` floats, logit rows of `c` floats at offset `k0 + kc <= c`, and score rows
@@ -320,7 +326,12 @@ unsafe fn score_tile_packed<V: F32x>(
             let mut k0 = 0;
             while k0 < c {
                 let kc = (c - k0).min(KC);
-                let chunk = panel.as_ptr().add(tile * k0);
+                let chunk = if whole {
+                    panel.as_ptr().add(tile * k0)
+                } else {
+                    pack_panel(p, j0..j1, k0, kc, (l, tile), &mut panel[..tile * kc]);
+                    panel.as_ptr()
+                };
                 let first = k0 == 0;
                 for jp in 0..tile / (2 * l) {
                     let a0 = chunk.add(2 * jp * kc * l);
@@ -443,8 +454,10 @@ unsafe fn clean_rows<V: F32x>(
     let nr = rows.len();
     let tile = packed_tile::<V>();
     let rg = row_group::<V>();
-    let mut s = vec![0.0f32; nr * tile];
-    let mut panel = vec![0.0f32; tile * c];
+    let panel_len = if nr > MB { tile * c } else { tile * KC.min(c) };
+    let mut scratch = super::take_scratch(nr * tile + panel_len);
+    let (s, panel) = scratch.split_at_mut(nr * tile);
+    let panel = &mut panel[..panel_len];
     let mut mx = vec![f32::NEG_INFINITY; nr];
     let mut sum = vec![0.0f32; nr];
     // The accumulators O_i = Σ_j P_ij a_j live in the caller's gradient rows (no extra N × C
@@ -467,7 +480,7 @@ unsafe fn clean_rows<V: F32x>(
         while j0 < m {
             let j1 = (j0 + tile).min(m);
             let w = j1 - j0;
-            score_tile_packed::<V>(p, rows, j0, j1, &mut s, &mut panel);
+            score_tile_packed::<V>(p, rows, j0, j1, s, panel);
             for r in 0..nr {
                 let srow = &mut s[r * tile..r * tile + w];
                 let tmax = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -534,6 +547,7 @@ unsafe fn clean_rows<V: F32x>(
             }
         }
     }
+    super::give_scratch(scratch);
 }
 
 /// `x = exp(x − m)` over a row, adding the results into `sum`.
@@ -706,9 +720,17 @@ unsafe fn nce_block_generic<V: F32x>(
     let c = p.c;
     let r0 = rows.start;
     let all: Vec<usize> = rows.clone().collect();
-    // SAFETY: V's CPU requirement is the caller's.
-    let (clean, dirty): (Vec<usize>, Vec<usize>) =
-        all.iter().partition(|&&i| unsafe { all_finite::<V>(p.z_row(i)) });
+    // A plain loop, not `partition` with a closure: a closure is compiled without the entry
+    // point's target features and the vector intrinsics inside would not inline.
+    let (mut clean, mut dirty) = (Vec::with_capacity(all.len()), Vec::new());
+    for &i in &all {
+        // SAFETY: V's CPU requirement is the caller's.
+        if unsafe { all_finite::<V>(p.z_row(i)) } {
+            clean.push(i);
+        } else {
+            dirty.push(i);
+        }
+    }
     let mut grows: Vec<&mut [f32]> = match grad {
         Some((g, gs)) => g
             .chunks_mut(gs)

@@ -133,3 +133,25 @@ where
     };
     partials.iter().sum()
 }
+
+thread_local! {
+    /// Per-thread scratch, reused across calls: large fresh allocations are mapped anew by
+    /// the allocator and page-fault on first touch every call.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's scratch buffer, at least `len` floats long (contents unspecified). Hand it
+/// back with [`give_scratch`] so the next call reuses it. (No closure-taking API: kernel
+/// code inside a closure would be compiled without the entry point's target features.)
+pub(crate) fn take_scratch(len: usize) -> Vec<f32> {
+    let mut buf = SCRATCH.with(|cell| cell.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    buf
+}
+
+/// Returns a buffer from [`take_scratch`] for reuse by this thread.
+pub(crate) fn give_scratch(buf: Vec<f32>) {
+    SCRATCH.with(|cell| cell.set(buf));
+}
