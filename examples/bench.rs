@@ -4,7 +4,7 @@
 //! cargo run --release --example bench -- --loss soft-ce|hard-ce|soft-infonce \
 //!     --targets dense|hard|mixed|sparse --n N [--m M] --c C \
 //!     [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline]
-//!     [--trust-targets] [--peak]
+//!     [--trust-targets] [--peak] [--grad-targets]
 //! ```
 //!
 //! `gbps` is the minimal number of bytes the call must move (logits and dense targets read
@@ -16,7 +16,8 @@
 //! stores, which the plain-store loop does not use.
 //! `--trust-targets` turns off the scan of dense target weights (`check_targets(false)`).
 //! `--peak` (dense InfoNCE) measures the FMA peak of the same threads with a register-only
-//! loop in the same run and reports the fraction reached.
+//! loop in the same run and reports the fraction reached. `--grad-targets` (dense InfoNCE)
+//! also computes the gradient with respect to the targets.
 
 use rayon::prelude::*;
 use softnce::{
@@ -39,13 +40,14 @@ struct Args {
     roofline: bool,
     trust: bool,
     peak: bool,
+    grad_targets: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("error: {msg}");
     eprintln!(
         "usage: bench --loss soft-ce|hard-ce|soft-infonce --targets dense|hard|mixed|sparse --n N [--m M] --c C \
-         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets] [--peak]"
+         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets] [--peak] [--grad-targets]"
     );
     std::process::exit(2)
 }
@@ -64,6 +66,7 @@ fn parse() -> Args {
         roofline: false,
         trust: false,
         peak: false,
+        grad_targets: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +94,7 @@ fn parse() -> Args {
             "--roofline" => a.roofline = true,
             "--trust-targets" => a.trust = true,
             "--peak" => a.peak = true,
+            "--grad-targets" => a.grad_targets = true,
             "-h" | "--help" => usage("help requested"),
             other => usage(&format!("unknown flag {other}")),
         }
@@ -287,12 +291,16 @@ fn run(args: &Args) {
         None => softnce::default_backend().unwrap_or_else(|e| usage(&format!("{e}"))),
     };
 
-    let call = |grad: &mut [f32]| -> f32 {
-        let out = if args.grad {
+    let mut gt = par_vec(if args.grad_targets { m * c } else { 0 }, |_| 0.0);
+    let call = |grad: &mut [f32], gt: &mut [f32]| -> f32 {
+        let mut out = if args.grad {
             Outputs::new().grad_logits(MatMut::new(grad, n, c).unwrap())
         } else {
             Outputs::new()
         };
+        if args.grad_targets {
+            out = out.grad_targets(MatMut::new(gt, m, c).unwrap());
+        }
         let r = match args.loss.as_str() {
             "soft-ce" => SoftCrossEntropy::new()
                 .backend(Some(backend))
@@ -310,11 +318,11 @@ fn run(args: &Args) {
         };
         r.unwrap_or_else(|e| usage(&format!("{e}")))
     };
-    let loss = call(&mut grad); // warm-up: page in every buffer
+    let loss = call(&mut grad, &mut gt); // warm-up: page in every buffer
     let mut times = Vec::with_capacity(args.reps);
     for _ in 0..args.reps {
         let t0 = Instant::now();
-        black_box(call(black_box(&mut grad)));
+        black_box(call(black_box(&mut grad), &mut gt));
         times.push(t0.elapsed().as_secs_f64());
     }
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
@@ -339,7 +347,8 @@ fn run(args: &Args) {
         gbps
     );
     if args.loss == "soft-infonce" && args.targets == "dense" {
-        let flops = if args.grad { 4 } else { 2 } as f64 * (n * m * c) as f64;
+        let flops = (2 + if args.grad { 2 } else { 0 } + if args.grad_targets { 4 } else { 0 }) as f64
+            * (n * m * c) as f64;
         let gflops = flops / med / 1e9;
         json += &format!(",\"gflops\":{gflops:.2}");
         if args.peak {

@@ -282,17 +282,36 @@ pub(crate) fn soft_infonce<T: Element>(
     if let Some(gt) = outputs.grad_targets {
         let (data, rows, _, stride) = gt.into_parts();
         let out = T::as_f32_slice_mut(data).expect("f32 path");
-        let tb = 64usize;
-        let chunks: Vec<(usize, &mut [f32])> = out
-            .chunks_mut(tb * stride)
-            .take(rows.div_ceil(tb))
-            .enumerate()
-            .collect();
-        chunks.into_par_iter().for_each(|(k, ch)| {
-            let j0 = k * tb;
-            let j1 = (j0 + tb).min(rows);
-            grad_targets(isa, &p, n, &lse, j0..j1, (ch, stride));
+        let finite = |i: usize| {
+            z[i * p.z_stride..i * p.z_stride + c]
+                .iter()
+                .all(|x| x.is_finite())
+        };
+        let poisoned = (0..n).any(|i| {
+            z[i * p.z_stride..i * p.z_stride + c]
+                .iter()
+                .any(|x| x.is_nan() || *x == f32::INFINITY)
         });
+        if poisoned {
+            // A NaN (or +∞) row makes every P of its row NaN, and through it every entry.
+            for j in 0..rows {
+                out[j * stride..j * stride + c].fill(f32::NAN);
+            }
+        } else {
+            let (clean, dirty): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| finite(i));
+            // One packed tile of targets per task (16 vectors of the backend's width).
+            let tb = 16 * isa.backend().lanes();
+            let chunks: Vec<(usize, &mut [f32])> = out
+                .chunks_mut(tb * stride)
+                .take(rows.div_ceil(tb))
+                .enumerate()
+                .collect();
+            chunks.into_par_iter().for_each(|(k, ch)| {
+                let j0 = k * tb;
+                let j1 = (j0 + tb).min(rows);
+                grad_targets(isa, &p, (&clean, &dirty), &lse, j0..j1, (ch, stride));
+            });
+        }
     }
     if let Some(rl) = outputs.row_losses {
         rl.copy_from_slice(&loss);

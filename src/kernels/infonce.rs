@@ -373,70 +373,6 @@ unsafe fn score_tile_packed<V: F32x>(
     }
 }
 
-/// Scores `S[r][j] = (z_r · a_j)/t − b_j` of `rows × [j0, j1)` into `s` (row stride `ts`).
-///
-/// # Safety
-/// `V`'s CPU requirement; `rows` are valid logit rows, `j1 <= M`, `s` holds
-/// `rows.len() × ts` floats with `ts >= j1 − j0`.
-#[inline(always)]
-unsafe fn score_tile<V: F32x>(
-    p: &NceProblem<'_>,
-    rows: &[usize],
-    j0: usize,
-    j1: usize,
-    s: &mut [f32],
-    ts: usize,
-) {
-    let c = p.c;
-    let zp = |i: usize| p.z_row(i).as_ptr();
-    let ap = |j: usize| p.a_row(j).as_ptr();
-    // SAFETY: every pointer is the start of a row of `c` floats; the caller's guarantees.
-    unsafe {
-        let mut r = 0;
-        while r < rows.len() {
-            let full_r = rows.len() - r >= 4;
-            let mut j = j0;
-            while j < j1 {
-                let full_j = j1 - j >= 4;
-                if full_r && full_j {
-                    let out = dot_tile::<V, 4, 4>(
-                        [zp(rows[r]), zp(rows[r + 1]), zp(rows[r + 2]), zp(rows[r + 3])],
-                        [ap(j), ap(j + 1), ap(j + 2), ap(j + 3)],
-                        c,
-                    );
-                    for (dr, row) in out.iter().enumerate() {
-                        for (dj, &v) in row.iter().enumerate() {
-                            s[(r + dr) * ts + (j - j0 + dj)] = v;
-                        }
-                    }
-                    j += 4;
-                } else if full_j {
-                    let out = dot_tile::<V, 1, 4>([zp(rows[r])], [ap(j), ap(j + 1), ap(j + 2), ap(j + 3)], c);
-                    for (dj, &v) in out[0].iter().enumerate() {
-                        s[r * ts + (j - j0 + dj)] = v;
-                    }
-                    j += 4;
-                } else {
-                    let rr = if full_r { 4 } else { 1 };
-                    for dr in 0..rr {
-                        let out = dot_tile::<V, 1, 1>([zp(rows[r + dr])], [ap(j)], c);
-                        s[(r + dr) * ts + (j - j0)] = out[0][0];
-                    }
-                    j += 1;
-                }
-            }
-            r += if full_r { 4 } else { 1 };
-        }
-        // Epilogue: scale and bias.
-        for r in 0..rows.len() {
-            for j in j0..j1 {
-                let v = &mut s[r * ts + (j - j0)];
-                *v = *v * p.inv_t - p.b[j];
-            }
-        }
-    }
-}
-
 /// One block of clean rows (all logits finite): losses into `loss`, and when `grad` is given
 /// the gradient rows (`grad[r]` for `rows[r]`). Returns each row's log-sum-exp in `lse`.
 ///
@@ -782,17 +718,21 @@ stamp! {
 /// Gradient with respect to targets `[j0, j1)`:
 /// `dA_j = Σ_i scale_i (P_ij − [j = p0 + i]) g_i` with `P_ij = exp(S_ij − lse_i)` and
 /// `g_i = z_i/t − log η`, written to `out = (data, stride)` (row `j − j0` at `stride`).
+/// `rows = (clean, dirty)` splits the logit rows by whether all their logits are finite; the
+/// caller handles the case where some row holds NaN or `+∞` (every entry is then NaN).
 ///
 /// # Safety
-/// `V`'s CPU requirement; the problem was validated; `lse` holds every row's log-sum-exp.
+/// `V`'s CPU requirement; the problem was validated; `lse` holds every row's log-sum-exp;
+/// `j1 − j0 <= packed_tile::<V>()`.
 #[inline(always)]
 unsafe fn grad_targets_generic<V: F32x>(
     p: &NceProblem<'_>,
-    n: usize,
+    rows: (&[usize], &[usize]),
     lse: &[f32],
     targets: std::ops::Range<usize>,
     out: (&mut [f32], usize),
 ) {
+    let (clean, dirty) = rows;
     let (j0, j1) = (targets.start, targets.end);
     let (out, j_stride) = out;
     let c = p.c;
@@ -800,59 +740,80 @@ unsafe fn grad_targets_generic<V: F32x>(
     for r in 0..w {
         out[r * j_stride..r * j_stride + c].fill(0.0);
     }
-    let all: Vec<usize> = (0..n).collect();
-    let poisoned = all
-        .iter()
-        .any(|&i| p.z_row(i).iter().any(|x| x.is_nan() || *x == f32::INFINITY));
-    if poisoned {
-        for r in 0..w {
-            out[r * j_stride..r * j_stride + c].fill(f32::NAN);
-        }
-        return;
-    }
-    let (clean, dirty): (Vec<usize>, Vec<usize>) = all
-        .iter()
-        .partition(|&&i| p.z_row(i).iter().all(|x| x.is_finite()));
-    let rb = 32usize;
-    let mut s = vec![0.0f32; rb * w];
-    let mut gbuf = vec![0.0f32; rb * c];
-    // SAFETY: V's CPU requirement is the caller's; all rows and tiles are in range.
+    let tile = packed_tile::<V>();
+    let rb = MB;
+    let (s_len, panel_len, g_len) = (rb * tile, tile * KC.min(c), rb * c);
+    let mut scratch = super::take_scratch(s_len + panel_len + g_len + 8 * rb);
+    let (s, rest) = scratch.split_at_mut(s_len);
+    let (panel, rest) = rest.split_at_mut(panel_len);
+    let (gbuf, wcols) = rest.split_at_mut(g_len);
+    // SAFETY: V's CPU requirement is the caller's; all rows and tiles are in range; the
+    // output rows `j − j0` are distinct rows of `out`.
     unsafe {
-        for chunk in clean.chunks(rb) {
-            let nr = chunk.len();
-            score_tile::<V>(p, chunk, j0, j1, &mut s, w);
-            for (r, &i) in chunk.iter().enumerate() {
-                let sc = p.scale.get(i);
-                for jj in 0..w {
-                    let j = j0 + jj;
-                    let mut v = (s[r * w + jj] - lse[i]).exp() * sc;
-                    if j == p.p0 + i {
-                        v -= sc;
+        // Target sub-blocks no wider than the packed tile of this backend.
+        for tb0 in (j0..j1).step_by(tile) {
+            let tb1 = (tb0 + tile).min(j1);
+            let w = tb1 - tb0;
+            let jj_base = tb0 - j0;
+            for chunk in clean.chunks(rb) {
+                let nr = chunk.len();
+                score_tile_packed::<V>(p, chunk, tb0, tb1, s, panel);
+                for (r, &i) in chunk.iter().enumerate() {
+                    let sc = p.scale.get(i);
+                    for jj in 0..w {
+                        let j = tb0 + jj;
+                        let mut v = (s[r * tile + jj] - lse[i]).exp() * sc;
+                        if j == p.p0 + i {
+                            v -= sc;
+                        }
+                        s[r * tile + jj] = v;
                     }
-                    s[r * w + jj] = v;
+                    scaled_shift::<V>(p.z_row(i), p.inv_t, p.log_eta, &mut gbuf[r * c..(r + 1) * c]);
                 }
-                for (gv, (&zv, &le)) in gbuf[r * c..(r + 1) * c]
-                    .iter_mut()
-                    .zip(p.z_row(i).iter().zip(p.log_eta))
-                {
-                    *gv = zv * p.inv_t - le;
+                // dA_j += Σ_r W[r][j] g_r: rows of the output are targets, eight at a time; the
+                // weights of target j are column j of W.
+                let gptrs: Vec<*const f32> = (0..nr).map(|r| gbuf.as_ptr().add(r * c)).collect();
+                let mut jj = 0;
+                while jj < w {
+                    let q = (w - jj).min(8);
+                    for t in 0..q {
+                        for r in 0..nr {
+                            wcols[t * rb + r] = s[r * tile + jj + t];
+                        }
+                    }
+                    // Columns in blocks of KC so the chunk's `nr × KC` block of g stays in L2.
+                    for cb in (0..c).step_by(KC) {
+                        let ce = (cb + KC).min(c);
+                        if q == 8 {
+                            let op = out.as_mut_ptr();
+                            axpy_tile::<V, 8>(
+                                std::array::from_fn(|t| op.add((jj_base + jj + t) * j_stride)),
+                                std::array::from_fn(|t| &wcols[t * rb..t * rb + nr]),
+                                &gptrs,
+                                cb,
+                                ce,
+                            );
+                        } else {
+                            for t in 0..q {
+                                axpy_tile::<V, 1>(
+                                    [out.as_mut_ptr().add((jj_base + jj + t) * j_stride)],
+                                    [&wcols[t * rb..t * rb + nr]],
+                                    &gptrs,
+                                    cb,
+                                    ce,
+                                );
+                            }
+                        }
+                    }
+                    jj += q;
                 }
-            }
-            // dA_j += Σ_r W[r][j] g_r: rows of the output are targets; the "weights" are the
-            // columns of W, gathered per target.
-            let gptrs: Vec<*const f32> = (0..nr).map(|r| gbuf.as_ptr().add(r * c)).collect();
-            let mut wcol = vec![0.0f32; nr];
-            for jj in 0..w {
-                for r in 0..nr {
-                    wcol[r] = s[r * w + jj];
-                }
-                axpy_tile::<V, 1>([out.as_mut_ptr().add(jj * j_stride)], [&wcol], &gptrs, 0, c);
             }
         }
     }
+    super::give_scratch(scratch);
     // Rows with masked logits: plain evaluation with 0·(−∞) = 0.
     let mut scores = Vec::new();
-    for &i in &dirty {
+    for &i in dirty {
         let gi: Vec<f32> = p
             .z_row(i)
             .iter()
@@ -879,11 +840,40 @@ unsafe fn grad_targets_generic<V: F32x>(
     }
 }
 
+/// `g = z·inv_t − log η` over a row.
+///
+/// # Safety
+/// `V`'s CPU requirement; all slices have the same length.
+#[inline(always)]
+unsafe fn scaled_shift<V: F32x>(z: &[f32], inv_t: f32, log_eta: &[f32], g: &mut [f32]) {
+    let (n, l) = (z.len(), V::LANES);
+    let (zp, ep, gp) = (z.as_ptr(), log_eta.as_ptr(), g.as_mut_ptr());
+    // SAFETY: full vectors below n, then one partial vector.
+    unsafe {
+        let vt = V::splat(inv_t);
+        let mut k = 0;
+        while k + l <= n {
+            V::load(zp.add(k))
+                .mul(vt)
+                .sub(V::load(ep.add(k)))
+                .store(gp.add(k));
+            k += l;
+        }
+        if k < n {
+            let r = n - k;
+            V::load_partial(zp.add(k), r, 0.0)
+                .mul(vt)
+                .sub(V::load_partial(ep.add(k), r, 0.0))
+                .store_partial(gp.add(k), r);
+        }
+    }
+}
+
 stamp! {
     /// The target gradient of targets `[j0, j1)` on the backend `isa`.
     pub(crate) fn grad_targets(
         p: &NceProblem<'_>,
-        n: usize,
+        rows: (&[usize], &[usize]),
         lse: &[f32],
         targets: std::ops::Range<usize>,
         out: (&mut [f32], usize),
