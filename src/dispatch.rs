@@ -168,6 +168,7 @@ impl Isa {
 use crate::kernels::cross_entropy::{ce_block, kernel_temperature_ok, CeProblem, CeTargets, RowScale};
 use crate::kernels::for_row_blocks;
 use crate::kernels::infonce::{grad_targets, nce_block, NceProblem};
+use crate::kernels::infonce_structured::{snce_block, FlatTargets, SnceProblem};
 use crate::loss::{HardCrossEntropy, Outputs, Reduction, SoftCrossEntropy, SoftInfoNce};
 use crate::reference::{self, RefOutput, Request};
 use crate::targets::{Structured, Targets};
@@ -217,6 +218,10 @@ pub(crate) fn soft_infonce<T: Element>(
         _ => None,
     };
     let z = T::as_f32_slice(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
+    if let (Some(z), Some(s)) = (z, targets.structured()) {
+        let shape = (logits.rows(), logits.cols(), targets.rows());
+        return structured_infonce(isa, cfg, (z, logits.stride()), shape, &s, outputs);
+    }
     let (Some(z), Some((a, a_stride, m))) = (z, dense) else {
         let r = reference::soft_infonce(cfg, logits, targets, &request(&outputs))
             .expect("inputs were validated before dispatch");
@@ -313,6 +318,68 @@ pub(crate) fn soft_infonce<T: Element>(
             });
         }
     }
+    if let Some(rl) = outputs.row_losses {
+        rl.copy_from_slice(&loss);
+    }
+    match reduction {
+        Reduction::Mean => (total / n as f64) as f32,
+        Reduction::Sum | Reduction::None => total as f32,
+    }
+}
+
+/// One block of structured InfoNCE rows: its index, its losses, its gradient rows and stride.
+type SnceWork<'a> = (usize, (&'a mut [f32], Option<(&'a mut [f32], usize)>));
+
+/// Soft-target InfoNCE on structured targets (gathers; see `kernels::infonce_structured`).
+fn structured_infonce<T: Element>(
+    isa: Isa,
+    cfg: &SoftInfoNce<'_>,
+    logits: (&[f32], usize),
+    shape: (usize, usize, usize),
+    s: &Structured<'_>,
+    outputs: Outputs<'_, T>,
+) -> f32 {
+    let (z, z_stride) = logits;
+    let (n, c, m) = shape;
+    let log_eta: Vec<f32> = cfg.log_noise_f64(c).iter().map(|&v| v as f32).collect();
+    let flat = FlatTargets::new(s, m, c);
+    let reduction = cfg.get_reduction();
+    let p = SnceProblem {
+        z,
+        z_stride,
+        c,
+        inv_t: 1.0 / cfg.get_temperature(),
+        log_eta: &log_eta,
+        targets: &flat,
+        p0: cfg.get_offset(),
+        scale: row_scale(reduction, n, outputs.upstream),
+    };
+    let mut loss = vec![0.0f32; n];
+    let rows_per_block = 16usize;
+    let grad = outputs.grad_logits.map(|g| {
+        let (data, _, _, stride) = g.into_parts();
+        (T::as_f32_slice_mut(data).expect("f32 path"), stride)
+    });
+    let blocks: Vec<&mut [f32]> = loss.chunks_mut(rows_per_block).collect();
+    let mut gblocks: Vec<Option<(&mut [f32], usize)>> = match grad {
+        Some((g, stride)) => g
+            .chunks_mut(rows_per_block * stride)
+            .map(|ch| Some((ch, stride)))
+            .collect(),
+        None => Vec::new(),
+    };
+    gblocks.resize_with(blocks.len(), || None);
+    let work: Vec<_> = blocks.into_iter().zip(gblocks).enumerate().collect();
+    let run = |(b, (l, g)): SnceWork<'_>| {
+        let r0 = b * rows_per_block;
+        snce_block(isa, &p, r0..r0 + l.len(), l, g)
+    };
+    let partials: Vec<f64> = if n * (c + m) >= 1 << 16 && work.len() > 1 {
+        work.into_par_iter().map(run).collect()
+    } else {
+        work.into_iter().map(run).collect()
+    };
+    let total: f64 = partials.iter().sum();
     if let Some(rl) = outputs.row_losses {
         rl.copy_from_slice(&loss);
     }

@@ -491,7 +491,7 @@ unsafe fn clean_rows<V: F32x>(
 /// # Safety
 /// `V`'s CPU requirement.
 #[inline(always)]
-unsafe fn exp_shift<V: F32x>(x: &mut [f32], m: f32, sum: &mut f32) {
+pub(crate) unsafe fn exp_shift<V: F32x>(x: &mut [f32], m: f32, sum: &mut f32) {
     let (n, l) = (x.len(), V::LANES);
     let p = x.as_mut_ptr();
     // SAFETY: full vectors below n, then one partial vector.
@@ -547,7 +547,7 @@ unsafe fn all_finite<V: F32x>(x: &[f32]) -> bool {
 /// # Safety
 /// `V`'s CPU requirement; `x` and `y` have the same length.
 #[inline(always)]
-unsafe fn dot<V: F32x>(x: &[f32], y: &[f32]) -> f32 {
+pub(crate) unsafe fn dot<V: F32x>(x: &[f32], y: &[f32]) -> f32 {
     // SAFETY: the caller's guarantees; both rows hold `x.len()` floats.
     unsafe { dot_tile::<V, 1, 1>([x.as_ptr()], [y.as_ptr()], x.len())[0][0] }
 }
@@ -581,7 +581,7 @@ unsafe fn finish_grad_in_place<V: F32x>(g: &mut [f32], a: &[f32], c1: f32, c2: f
 
 /// `a·g` with `0·(±∞) = 0`.
 #[inline(always)]
-fn mul0(a: f32, g: f32) -> f32 {
+pub(crate) fn mul0(a: f32, g: f32) -> f32 {
     if a == 0.0 && g.is_infinite() {
         0.0
     } else {
@@ -845,7 +845,7 @@ unsafe fn grad_targets_generic<V: F32x>(
 /// # Safety
 /// `V`'s CPU requirement; all slices have the same length.
 #[inline(always)]
-unsafe fn scaled_shift<V: F32x>(z: &[f32], inv_t: f32, log_eta: &[f32], g: &mut [f32]) {
+pub(crate) unsafe fn scaled_shift<V: F32x>(z: &[f32], inv_t: f32, log_eta: &[f32], g: &mut [f32]) {
     let (n, l) = (z.len(), V::LANES);
     let (zp, ep, gp) = (z.as_ptr(), log_eta.as_ptr(), g.as_mut_ptr());
     // SAFETY: full vectors below n, then one partial vector.

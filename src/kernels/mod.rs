@@ -8,6 +8,7 @@
 
 pub(crate) mod cross_entropy;
 pub(crate) mod infonce;
+pub(crate) mod infonce_structured;
 pub(crate) mod validate;
 
 use rayon::prelude::*;
