@@ -27,6 +27,12 @@ pub(crate) struct FlatTargets {
     pub start: Vec<usize>,
     pub class: Vec<u32>,
     pub weight: Vec<f32>,
+    /// The same entries grouped by class: class `c` receives `by_weight[k]` from target
+    /// `by_target[k]` for `k in by_start[c]..by_start[c + 1]` (the gradient then gathers per
+    /// class instead of scattering per target).
+    pub by_start: Vec<usize>,
+    pub by_target: Vec<u32>,
+    pub by_weight: Vec<f32>,
 }
 
 impl FlatTargets {
@@ -37,6 +43,9 @@ impl FlatTargets {
             start: Vec::with_capacity(m + 1),
             class: Vec::new(),
             weight: Vec::new(),
+            by_start: vec![0; c + 1],
+            by_target: Vec::new(),
+            by_weight: Vec::new(),
         };
         t.start.push(0);
         for j in 0..m {
@@ -47,6 +56,24 @@ impl FlatTargets {
                 t.weight.push(w);
             }
             t.start.push(t.class.len());
+        }
+        // Counting sort of the entries by class.
+        for &cl in &t.class {
+            t.by_start[cl as usize + 1] += 1;
+        }
+        for k in 0..c {
+            t.by_start[k + 1] += t.by_start[k];
+        }
+        let mut fill = t.by_start.clone();
+        t.by_target = vec![0; t.class.len()];
+        t.by_weight = vec![0.0; t.class.len()];
+        for j in 0..m {
+            for k in t.start[j]..t.start[j + 1] {
+                let cl = t.class[k] as usize;
+                t.by_target[fill[cl]] = j as u32;
+                t.by_weight[fill[cl]] = t.weight[k];
+                fill[cl] += 1;
+            }
         }
         t
     }
@@ -106,17 +133,30 @@ unsafe fn snce_block_generic<V: F32x>(
             continue;
         }
         // SAFETY: V's CPU requirement is the caller's; `g` and `z` hold `c` floats, `s` `m`;
-        // entry classes are below `c` (validated), so the unchecked gathers are in bounds.
+        // entry classes are below `c` (validated), `start` has `m + 1` offsets into `class`
+        // and `weight`, so the unchecked accesses are in bounds.
         let (row_loss, sum, mx) = unsafe {
             scaled_shift::<V>(z, p.inv_t, p.log_eta, g);
             let big_g = g.iter().map(|&x| x as f64).sum::<f64>() as f32;
-            for (j, sj) in s.iter_mut().enumerate() {
-                let (cls, w) = t.entries(j);
-                let mut v = mul0(t.floor[j], big_g);
-                for (&cl, &wk) in cls.iter().zip(w) {
-                    v += mul0(wk, *g.get_unchecked(cl as usize));
+            if big_g.is_finite() {
+                // Every g is finite: plain multiply-adds over the flattened entries.
+                for (j, sj) in s.iter_mut().enumerate() {
+                    let (lo, hi) = (*t.start.get_unchecked(j), *t.start.get_unchecked(j + 1));
+                    let mut v = t.floor.get_unchecked(j) * big_g;
+                    for k in lo..hi {
+                        v += t.weight.get_unchecked(k) * g.get_unchecked(*t.class.get_unchecked(k) as usize);
+                    }
+                    *sj = v;
                 }
-                *sj = v;
+            } else {
+                for (j, sj) in s.iter_mut().enumerate() {
+                    let (cls, w) = t.entries(j);
+                    let mut v = mul0(t.floor[j], big_g);
+                    for (&cl, &wk) in cls.iter().zip(w) {
+                        v += mul0(wk, *g.get_unchecked(cl as usize));
+                    }
+                    *sj = v;
+                }
             }
             let s_pos = s[pos];
             let mx = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -139,15 +179,19 @@ unsafe fn snce_block_generic<V: F32x>(
                 let kp = k / sum;
                 // SAFETY: `s` (now the unnormalised probabilities) and the floors hold `m`.
                 let f_bar = unsafe { dot::<V>(s, &t.floor) } * kp;
-                out.fill(f_bar - k * t.floor[pos]);
-                for (j, &e) in s.iter().enumerate() {
-                    if e != 0.0 {
-                        let pj = e * kp;
-                        let (cls, w) = t.entries(j);
-                        for (&cl, &wk) in cls.iter().zip(w) {
-                            out[cl as usize] += pj * wk;
-                        }
+                let base = f_bar - k * t.floor[pos];
+                for (cl, o) in out.iter_mut().enumerate() {
+                    let (lo, hi) = (t.by_start[cl], t.by_start[cl + 1]);
+                    let mut acc = 0.0f32;
+                    for q in lo..hi {
+                        // SAFETY: `by_target` holds target indices below `m = s.len()`, and
+                        // `q` lies in `by_target`/`by_weight` (built together).
+                        acc += unsafe {
+                            s.get_unchecked(*t.by_target.get_unchecked(q) as usize)
+                                * t.by_weight.get_unchecked(q)
+                        };
                     }
+                    *o = base + acc * kp;
                 }
             }
             // The positive's entries last, in f32.
