@@ -65,9 +65,8 @@
 //! `.backend(Some(..))` forces one ([`available_backends`] lists what this CPU runs; forcing
 //! a missing one is [`Error::BackendUnavailable`]). Large calls run on rayon over blocks of
 //! rows whose partition depends only on the shape, so results do not depend on the number
-//! of threads. The cross-entropy family and dense-target InfoNCE run on the SIMD kernels for
-//! `f32`; InfoNCE with structured targets and the half-precision types currently run on the
-//! scalar reference.
+//! of threads. Every loss runs on the SIMD kernels for `f32` (structured InfoNCE targets by
+//! gathers, not a product); the half-precision types currently run on the scalar reference.
 //!
 //! ## Layout
 //! - [`reference`](mod@crate::reference): the scalar `f64` oracle every fast path is tested against;

@@ -43,6 +43,11 @@ pub enum Noise<'a> {
 /// where `scale_i` is `1/N` (mean), `1` (sum) or the upstream `dl_i` (none). Hard InfoNCE is
 /// this loss with [`Targets::Hard`] (or one-hot dense) targets.
 ///
+/// With structured targets ([`Targets::Hard`], [`Targets::Mixed`], [`Targets::Sparse`]) the
+/// scores are gathered (`S_ij = f_j·Σ_c g_ic + Σ_k w_jk g_{i,c_jk}`), costing `O(N·M·k)`
+/// instead of `O(N·M·C)`; those targets are constants, so they have no target gradient
+/// ([`Error::TargetGradientNeedsDense`]).
+///
 /// The `M ≥ N` targets are the candidates; row `i`'s positive is target `p0 + i`
 /// ([`offset`](Self::offset)): `p0 = 0, M = N` in one process, `p0 = rank·N, M = world·N`
 /// after an all-gather of the targets across data-parallel ranks.
