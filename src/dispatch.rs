@@ -172,7 +172,7 @@ use crate::kernels::infonce_structured::{snce_block, FlatTargets, SnceProblem};
 use crate::loss::{HardCrossEntropy, Outputs, Reduction, SoftCrossEntropy, SoftInfoNce};
 use crate::reference::{self, RefOutput, Request};
 use crate::targets::{Structured, Targets};
-use crate::view::{Element, MatRef};
+use crate::view::{Element, MatMut, MatRef};
 use rayon::prelude::*;
 
 fn request<'o, T: Element>(outputs: &Outputs<'o, T>) -> Request<'o> {
@@ -255,23 +255,13 @@ pub(crate) fn soft_infonce<T: Element>(
     let mut loss = vec![0.0f32; n];
     let mut lse = vec![0.0f32; n];
     let rows_per_block = infonce_rows_per_block(n);
-    let grad = outputs.grad_logits.map(|g| {
-        let (data, _, _, stride) = g.into_parts();
-        (T::as_f32_slice_mut(data).expect("f32 path"), stride)
-    });
+    let grad = f32_rows(outputs.grad_logits);
     let total: f64 = {
         let blocks: Vec<_> = loss
             .chunks_mut(rows_per_block)
             .zip(lse.chunks_mut(rows_per_block))
             .collect();
-        let mut gblocks: Vec<Option<(&mut [f32], usize)>> = match grad {
-            Some((g, stride)) => g
-                .chunks_mut(rows_per_block * stride)
-                .map(|ch| Some((ch, stride)))
-                .collect(),
-            None => Vec::new(),
-        };
-        gblocks.resize_with(blocks.len(), || None);
+        let gblocks = grad_blocks(grad, rows_per_block, blocks.len());
         let work: Vec<_> = blocks.into_iter().zip(gblocks).enumerate().collect();
         let run = |(b, ((l, e), g)): NceWork<'_>| {
             let r0 = b * rows_per_block;
@@ -321,10 +311,7 @@ pub(crate) fn soft_infonce<T: Element>(
     if let Some(rl) = outputs.row_losses {
         rl.copy_from_slice(&loss);
     }
-    match reduction {
-        Reduction::Mean => (total / n as f64) as f32,
-        Reduction::Sum | Reduction::None => total as f32,
-    }
+    reduced(reduction, total, n)
 }
 
 /// One block of structured InfoNCE rows: its index, its losses, its gradient rows and stride.
@@ -356,19 +343,9 @@ fn structured_infonce<T: Element>(
     };
     let mut loss = vec![0.0f32; n];
     let rows_per_block = 16usize;
-    let grad = outputs.grad_logits.map(|g| {
-        let (data, _, _, stride) = g.into_parts();
-        (T::as_f32_slice_mut(data).expect("f32 path"), stride)
-    });
+    let grad = f32_rows(outputs.grad_logits);
     let blocks: Vec<&mut [f32]> = loss.chunks_mut(rows_per_block).collect();
-    let mut gblocks: Vec<Option<(&mut [f32], usize)>> = match grad {
-        Some((g, stride)) => g
-            .chunks_mut(rows_per_block * stride)
-            .map(|ch| Some((ch, stride)))
-            .collect(),
-        None => Vec::new(),
-    };
-    gblocks.resize_with(blocks.len(), || None);
+    let gblocks = grad_blocks(grad, rows_per_block, blocks.len());
     let work: Vec<_> = blocks.into_iter().zip(gblocks).enumerate().collect();
     let run = |(b, (l, g)): SnceWork<'_>| {
         let r0 = b * rows_per_block;
@@ -383,10 +360,7 @@ fn structured_infonce<T: Element>(
     if let Some(rl) = outputs.row_losses {
         rl.copy_from_slice(&loss);
     }
-    match reduction {
-        Reduction::Mean => (total / n as f64) as f32,
-        Reduction::Sum | Reduction::None => total as f32,
-    }
+    reduced(reduction, total, n)
 }
 
 /// `Σ x_k y_k` in f64 with eight independent partial sums (so it vectorises without
@@ -429,21 +403,12 @@ fn run_ce<T: Element>(
     reduction: Reduction,
     count: usize,
 ) -> f32 {
-    let grad = outputs.grad_logits.map(|g| {
-        let (data, _, _, stride) = g.into_parts();
-        (
-            T::as_f32_slice_mut(data).expect("the kernels' path is taken for f32 only"),
-            stride,
-        )
-    });
+    let grad = f32_rows(outputs.grad_logits);
     let g_stride = grad.as_ref().map_or(0, |g| g.1);
     let total = for_row_blocks(n, p.c, grad, outputs.row_losses, |blk| {
         ce_block(isa, &p, g_stride, blk)
     });
-    match reduction {
-        Reduction::Mean => (total / count as f64) as f32,
-        Reduction::Sum | Reduction::None => total as f32,
-    }
+    reduced(reduction, total, count)
 }
 
 /// Gradients larger than this many bytes are written with non-temporal stores: they cannot
@@ -452,6 +417,43 @@ const STREAM_MIN_BYTES: usize = 64 << 20;
 
 fn stream_gradient(n: usize, c: usize) -> bool {
     n.saturating_mul(c).saturating_mul(4) >= STREAM_MIN_BYTES
+}
+
+/// The gradient output as `f32` data and its row stride (the kernels' path is `f32` only).
+fn f32_rows<T: Element>(g: Option<MatMut<'_, T>>) -> Option<(&mut [f32], usize)> {
+    g.map(|g| {
+        let (data, _, _, stride) = g.into_parts();
+        (
+            T::as_f32_slice_mut(data).expect("the kernels' path is taken for f32 only"),
+            stride,
+        )
+    })
+}
+
+/// Splits gradient rows into `nblocks` blocks of `rows_per_block` rows (`None` for each block
+/// when no gradient is requested).
+fn grad_blocks(
+    grad: Option<(&mut [f32], usize)>,
+    rows_per_block: usize,
+    nblocks: usize,
+) -> Vec<Option<(&mut [f32], usize)>> {
+    let mut blocks: Vec<_> = match grad {
+        Some((g, stride)) => g
+            .chunks_mut(rows_per_block * stride)
+            .map(|ch| Some((ch, stride)))
+            .collect(),
+        None => Vec::new(),
+    };
+    blocks.resize_with(nblocks, || None);
+    blocks
+}
+
+/// The reduced loss from the sum of row losses (`Mean` divides by `count`).
+fn reduced(reduction: Reduction, total: f64, count: usize) -> f32 {
+    match reduction {
+        Reduction::Mean => (total / count as f64) as f32,
+        Reduction::Sum | Reduction::None => total as f32,
+    }
 }
 
 fn row_scale<'a>(reduction: Reduction, count: usize, upstream: Option<&'a [f32]>) -> RowScale<'a> {

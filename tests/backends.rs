@@ -3,6 +3,9 @@
 //! widths and on adversarial values (±80 and ±1e4 logits, −∞ masked classes, NaN, zero target
 //! rows, tiny temperatures).
 
+mod common;
+use common::{cases, close};
+
 use proptest::prelude::*;
 use softnce::reference::{self, RefOutput, Request};
 use softnce::{
@@ -11,13 +14,6 @@ use softnce::{
 };
 
 const CLASSES: &[usize] = &[1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 1000];
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
 
 /// A logit value: mostly moderate, sometimes adversarial.
 fn logit() -> impl Strategy<Value = f32> {
@@ -119,16 +115,6 @@ fn case() -> impl Strategy<Value = Case> {
                 }
             },
         )
-}
-
-fn close(a: f64, b: f64, tol: f64) -> bool {
-    if b.is_nan() {
-        a.is_nan()
-    } else if b.is_infinite() {
-        a == b
-    } else {
-        (a - b).abs() <= tol
-    }
 }
 
 /// Compares an f32 API result against the reference (loss, row losses, gradient).
@@ -326,7 +312,7 @@ fn run_all(case: &Case, reduction: Reduction) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
+        cases: cases(256),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -4,16 +4,12 @@
 //! temperatures 0.05…20; non-uniform noise; masked (−∞) and NaN logits; every reduction;
 //! the gradient with respect to the targets.
 
+mod common;
+use common::{cases, close};
+
 use proptest::prelude::*;
 use softnce::reference::{self, RefOutput, Request};
 use softnce::{available_backends, MatMut, MatRef, Noise, Outputs, Reduction, SoftInfoNce, Targets};
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
-}
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -75,16 +71,6 @@ fn case() -> impl Strategy<Value = Case> {
                 }
             },
         )
-}
-
-fn close(a: f64, b: f64, tol: f64) -> bool {
-    if b.is_nan() {
-        a.is_nan()
-    } else if b.is_infinite() {
-        a == b
-    } else {
-        (a - b).abs() <= tol
-    }
 }
 
 /// Compares at the scale of the largest finite reference value, or `floor` (the natural size
@@ -197,7 +183,7 @@ fn run(case: &Case) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
+        cases: cases(64),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -4,19 +4,15 @@
 //! and 1, a = b, ε = 0 and 1, `M > N` with offsets, masked (−∞) and NaN logits, every
 //! reduction.
 
+mod common;
+use common::{cases, close};
+
 use proptest::prelude::*;
 use softnce::reference::{self, Request};
 use softnce::{
     available_backends, MatMut, MatRef, Noise, Outputs, Reduction, RowParam, SoftInfoNce, SparseTargets,
     Targets,
 };
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
-}
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -110,16 +106,6 @@ fn case() -> impl Strategy<Value = Case> {
                 }
             },
         )
-}
-
-fn close(a: f64, b: f64, tol: f64) -> bool {
-    if b.is_nan() {
-        a.is_nan()
-    } else if b.is_infinite() {
-        a == b
-    } else {
-        (a - b).abs() <= tol
-    }
 }
 
 fn run(case: &Case) {
@@ -218,7 +204,7 @@ fn run(case: &Case) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
+        cases: cases(64),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
