@@ -49,56 +49,6 @@ impl NceProblem<'_> {
     }
 }
 
-/// `out[r][j] = z_r · a_j` for `RI` rows and `TJ` targets over `c` elements.
-///
-/// # Safety
-/// `V`'s CPU requirement; every pointer is valid for reading `c` floats.
-#[inline(always)]
-unsafe fn dot_tile<V: F32x, const RI: usize, const TJ: usize>(
-    z: [*const f32; RI],
-    a: [*const f32; TJ],
-    c: usize,
-) -> [[f32; TJ]; RI] {
-    let l = V::LANES;
-    // SAFETY: full vectors while `k + l <= c`, then one partial load of `c − k` elements.
-    unsafe {
-        let mut acc = [[V::zero(); TJ]; RI];
-        let mut k = 0;
-        while k + l <= c {
-            let mut av = [V::zero(); TJ];
-            for j in 0..TJ {
-                av[j] = V::load(a[j].add(k));
-            }
-            for r in 0..RI {
-                let zv = V::load(z[r].add(k));
-                for j in 0..TJ {
-                    acc[r][j] = zv.fma(av[j], acc[r][j]);
-                }
-            }
-            k += l;
-        }
-        if k < c {
-            let mut av = [V::zero(); TJ];
-            for j in 0..TJ {
-                av[j] = V::load_partial(a[j].add(k), c - k, 0.0);
-            }
-            for r in 0..RI {
-                let zv = V::load_partial(z[r].add(k), c - k, 0.0);
-                for j in 0..TJ {
-                    acc[r][j] = zv.fma(av[j], acc[r][j]);
-                }
-            }
-        }
-        let mut out = [[0.0f32; TJ]; RI];
-        for r in 0..RI {
-            for j in 0..TJ {
-                out[r][j] = acc[r][j].hsum();
-            }
-        }
-        out
-    }
-}
-
 /// `o_r[k] += Σ_j p_r[j] · a_j[k]` for `RI` rows and `k` in `[k0, c)` (`p_r` has one
 /// weight per pointer in `a`).
 ///
@@ -548,8 +498,24 @@ unsafe fn all_finite<V: F32x>(x: &[f32]) -> bool {
 /// `V`'s CPU requirement; `x` and `y` have the same length.
 #[inline(always)]
 pub(crate) unsafe fn dot<V: F32x>(x: &[f32], y: &[f32]) -> f32 {
-    // SAFETY: the caller's guarantees; both rows hold `x.len()` floats.
-    unsafe { dot_tile::<V, 1, 1>([x.as_ptr()], [y.as_ptr()], x.len())[0][0] }
+    let (n, l) = (x.len(), V::LANES);
+    let (xp, yp) = (x.as_ptr(), y.as_ptr());
+    // SAFETY: the caller's guarantees; full vectors below n, then one partial vector.
+    unsafe {
+        let (mut a0, mut a1) = (V::zero(), V::zero());
+        let mut k = 0;
+        while k + 2 * l <= n {
+            a0 = V::load(xp.add(k)).fma(V::load(yp.add(k)), a0);
+            a1 = V::load(xp.add(k + l)).fma(V::load(yp.add(k + l)), a1);
+            k += 2 * l;
+        }
+        while k < n {
+            let r = (n - k).min(l);
+            a0 = V::load_partial(xp.add(k), r, 0.0).fma(V::load_partial(yp.add(k), r, 0.0), a0);
+            k += r;
+        }
+        a0.add(a1).hsum()
+    }
 }
 
 /// `g = g·c1 + a·c2` in place.
