@@ -63,7 +63,7 @@ fn case() -> impl Strategy<Value = Case> {
                     prop::collection::vec(0.01f32..1.0, c),
                 ),
                 prop::collection::vec(-2.0f32..2.0, n),
-                prop::option::weighted(0.05, 0..n),
+                (prop::option::weighted(0.05, 0..n), any::<bool>()),
             )
         })
         .prop_map(
@@ -79,8 +79,16 @@ fn case() -> impl Strategy<Value = Case> {
                 floors,
                 noise,
                 upstream,
-                nan,
+                (nan, masked),
             )| {
+                // Half the cases have no masked logit, so that large-C rows take the
+                // vectorised (all-finite) path too.
+                if !masked {
+                    logits
+                        .iter_mut()
+                        .filter(|x| x.is_infinite())
+                        .for_each(|x| *x = -3.0);
+                }
                 let (a, b): (Vec<u32>, Vec<u32>) = ab.into_iter().unzip();
                 if let Some(r) = nan {
                     logits[r * c] = f32::NAN;
@@ -112,7 +120,14 @@ fn run(case: &Case) {
     let Case {
         n, m, c, offset, t, ..
     } = *case;
-    let z = MatRef::new(&case.logits, n, c).unwrap();
+    // Odd cases read the logits through a padded row stride.
+    let pad = n % 2 * 3;
+    let padded: Vec<f32> = case
+        .logits
+        .chunks(c)
+        .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(f32::NAN, pad)))
+        .collect();
+    let z = MatRef::with_stride(&padded, n, c, c + pad).unwrap();
     let mut indptr = vec![0usize];
     for &k in &case.counts {
         indptr.push(indptr.last().unwrap() + k);

@@ -213,6 +213,44 @@ unsafe impl F32x for Avx2 {
     }
 
     #[inline(always)]
+    unsafe fn gather(base: *const f32, idx: *const i32) -> Self {
+        // SAFETY: the CPU requirement holds; the caller guarantees LANES readable indices at
+        // `idx` and a readable f32 at every `base + 4·idx[l]` (scale 4 bytes).
+        unsafe { Avx2(_mm256_i32gather_ps::<4>(base, _mm256_loadu_si256(idx.cast()))) }
+    }
+
+    #[inline(always)]
+    unsafe fn transpose(src: &[*const f32; 16], dst: &[*mut f32; 16]) {
+        // SAFETY: the CPU requirement holds; the caller guarantees 8 readable floats at every
+        // `src[q]` and 8 writable floats at every `dst[k]` (q, k < 8). Register shuffles: the
+        // 32- and 64-bit interleaves leave column `4b + m` of rows `4k..4k + 4` in 128-bit
+        // half b of `u[4k + m]`; a half swap joins the halves of `u[m]` and `u[4 + m]`.
+        unsafe {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (q, v) in r.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(src[q]);
+            }
+            let mut t = [_mm256_setzero_ps(); 8];
+            for k in 0..4 {
+                t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+                t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+            }
+            let mut u = [_mm256_setzero_ps(); 8];
+            for k in 0..2 {
+                let b = 4 * k;
+                u[b] = _mm256_shuffle_ps::<0x44>(t[b], t[b + 2]);
+                u[b + 1] = _mm256_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+                u[b + 2] = _mm256_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+                u[b + 3] = _mm256_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+            }
+            for m in 0..4 {
+                _mm256_storeu_ps(dst[m], _mm256_permute2f128_ps::<0x20>(u[m], u[4 + m]));
+                _mm256_storeu_ps(dst[4 + m], _mm256_permute2f128_ps::<0x31>(u[m], u[4 + m]));
+            }
+        }
+    }
+
+    #[inline(always)]
     unsafe fn prefetch(ptr: *const f32) {
         // SAFETY: prefetch is a hint: it never faults and does not access memory
         // architecturally, whatever the address (SSE, implied by AVX).

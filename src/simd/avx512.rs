@@ -166,6 +166,56 @@ unsafe impl F32x for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn gather(base: *const f32, idx: *const i32) -> Self {
+        // SAFETY: the CPU requirement holds; the caller guarantees LANES readable indices at
+        // `idx` and a readable f32 at every `base + 4·idx[l]` (scale 4 bytes).
+        unsafe {
+            Avx512(_mm512_i32gather_ps::<4>(
+                _mm512_loadu_si512(idx.cast()),
+                base.cast(),
+            ))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn transpose(src: &[*const f32; 16], dst: &[*mut f32; 16]) {
+        // SAFETY: the CPU requirement holds; the caller guarantees 16 readable floats at every
+        // `src[q]` and 16 writable floats at every `dst[k]`. The shuffles are pure register
+        // operations: 32-bit then 64-bit interleaves within 128-bit blocks give, in block b of
+        // `u[4k + m]`, column `4b + m` of rows `4k..4k + 4`; two 128-bit block shuffles then
+        // gather blocks b of `u[m], u[4 + m], u[8 + m], u[12 + m]` into output row `4b + m`.
+        unsafe {
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (q, v) in r.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(src[q]);
+            }
+            let mut t = [_mm512_setzero_ps(); 16];
+            for k in 0..8 {
+                t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+                t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+            }
+            let mut u = [_mm512_setzero_ps(); 16];
+            for k in 0..4 {
+                let b = 4 * k;
+                u[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+                u[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+                u[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+                u[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+            }
+            for m in 0..4 {
+                let v0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+                let v1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+                let w0 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+                let w1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+                _mm512_storeu_ps(dst[m], _mm512_shuffle_f32x4::<0x88>(v0, w0));
+                _mm512_storeu_ps(dst[4 + m], _mm512_shuffle_f32x4::<0xDD>(v0, w0));
+                _mm512_storeu_ps(dst[8 + m], _mm512_shuffle_f32x4::<0x88>(v1, w1));
+                _mm512_storeu_ps(dst[12 + m], _mm512_shuffle_f32x4::<0xDD>(v1, w1));
+            }
+        }
+    }
+
+    #[inline(always)]
     unsafe fn prefetch(ptr: *const f32) {
         // SAFETY: prefetch is a hint: it never faults and does not access memory
         // architecturally, whatever the address (SSE, implied by AVX-512F).

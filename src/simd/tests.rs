@@ -836,6 +836,60 @@ fn partial_load_store_every_n() {
     }
 }
 
+/// `gather` reads `base[idx[l]]` into lane `l` (negative, repeated and far indices), and
+/// `transpose` maps `src[q][k]` to `dst[k][q]` with rows at arbitrary strides, leaving the
+/// memory around each destination row untouched.
+struct GatherTranspose;
+
+impl Body for GatherTranspose {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<V: F32x>(self) {
+        let l = V::LANES;
+        let data: Vec<f32> = (0..4096).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let mid = 2048usize;
+        let idx: Vec<i32> = (0..16)
+            .map(|k: i32| (k * 97 % 31 - 15) * (k % 3 + 1) * 17)
+            .collect();
+        let mut got = vec![0.0f32; l];
+        // SAFETY: V is available (caller's contract); every index stays within ±2048 of
+        // `mid`, inside `data`, and `got` holds `l` floats.
+        unsafe { V::gather(data.as_ptr().add(mid), idx.as_ptr()).store(got.as_mut_ptr()) };
+        for q in 0..l {
+            assert_eq!(got[q], data[(mid as i32 + idx[q]) as usize], "gather lane {q}");
+        }
+        let (src_stride, dst_stride) = (l + 5, l + 3);
+        let src: Vec<f32> = (0..l * src_stride).map(|i| i as f32 + 0.25).collect();
+        let sentinel = f32::from_bits(SENTINEL);
+        let mut dst = vec![sentinel; l * dst_stride + 2];
+        let mut sp = [std::ptr::null::<f32>(); 16];
+        let mut dp = [std::ptr::null_mut::<f32>(); 16];
+        for q in 0..l {
+            // SAFETY: row q starts inside `src`, which holds `l · src_stride` floats.
+            sp[q] = unsafe { src.as_ptr().add(q * src_stride) };
+            // SAFETY: row k starts at `1 + k · dst_stride` and its `l` floats fit in `dst`.
+            dp[q] = unsafe { dst.as_mut_ptr().add(1 + q * dst_stride) };
+        }
+        // SAFETY: the first `l` pointers each address `l` valid floats (see above).
+        unsafe { V::transpose(&sp, &dp) };
+        for (i, &v) in dst.iter().enumerate() {
+            let (k, q) = ((i.wrapping_sub(1)) / dst_stride, (i.wrapping_sub(1)) % dst_stride);
+            if i >= 1 && k < l && q < l {
+                assert_eq!(v, src[q * src_stride + k], "transpose dst[{k}][{q}]");
+            } else {
+                assert_eq!(v.to_bits(), SENTINEL, "transpose wrote outside at {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gather_and_transpose_every_backend() {
+    for b in Backend::available() {
+        b.run(GatherTranspose);
+    }
+}
+
 /// The usage pattern shown in the `simd` module docs, verbatim, so that it is known to
 /// compile and work.
 mod doc_pattern {
