@@ -213,13 +213,6 @@ unsafe impl F32x for Avx2 {
     }
 
     #[inline(always)]
-    unsafe fn gather(base: *const f32, idx: *const i32) -> Self {
-        // SAFETY: the CPU requirement holds; the caller guarantees LANES readable indices at
-        // `idx` and a readable f32 at every `base + 4·idx[l]` (scale 4 bytes).
-        unsafe { Avx2(_mm256_i32gather_ps::<4>(base, _mm256_loadu_si256(idx.cast()))) }
-    }
-
-    #[inline(always)]
     unsafe fn transpose(src: &[*const f32; 16], dst: &[*mut f32; 16]) {
         // SAFETY: the CPU requirement holds; the caller guarantees 8 readable floats at every
         // `src[q]` and 8 writable floats at every `dst[k]` (q, k < 8). Register shuffles: the

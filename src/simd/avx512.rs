@@ -166,18 +166,6 @@ unsafe impl F32x for Avx512 {
     }
 
     #[inline(always)]
-    unsafe fn gather(base: *const f32, idx: *const i32) -> Self {
-        // SAFETY: the CPU requirement holds; the caller guarantees LANES readable indices at
-        // `idx` and a readable f32 at every `base + 4·idx[l]` (scale 4 bytes).
-        unsafe {
-            Avx512(_mm512_i32gather_ps::<4>(
-                _mm512_loadu_si512(idx.cast()),
-                base.cast(),
-            ))
-        }
-    }
-
-    #[inline(always)]
     unsafe fn transpose(src: &[*const f32; 16], dst: &[*mut f32; 16]) {
         // SAFETY: the CPU requirement holds; the caller guarantees 16 readable floats at every
         // `src[q]` and 16 writable floats at every `dst[k]`. The shuffles are pure register

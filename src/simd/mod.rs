@@ -265,24 +265,6 @@ pub(crate) unsafe trait F32x: Copy {
     /// The CPU requirement (see the trait docs).
     unsafe fn exp(self) -> Self;
 
-    /// Loads lane `l` from `base.offset(idx[l])` for the `LANES` indices at `idx` (a hardware
-    /// gather on x86; lane-by-lane loads elsewhere).
-    ///
-    /// # Safety
-    /// The CPU requirement; `idx` must be valid for reads of `LANES` `i32`s, and every
-    /// `base.offset(idx[l])` must be valid for a read of one `f32` (aligned to 4 bytes).
-    #[inline(always)]
-    unsafe fn gather(base: *const f32, idx: *const i32) -> Self {
-        const { assert!(Self::LANES <= 16) };
-        let mut buf = [0.0f32; 16];
-        for (l, b) in buf.iter_mut().enumerate().take(Self::LANES) {
-            // SAFETY: the caller guarantees LANES readable indices and readable targets.
-            *b = unsafe { *base.offset(*idx.add(l) as isize) };
-        }
-        // SAFETY: `buf` holds 16 >= LANES floats.
-        unsafe { Self::load(buf.as_ptr()) }
-    }
-
     /// Transposes a `LANES × LANES` block: reads row `q` from `src[q][0..LANES]` and writes
     /// `dst[k][q] = src[q][k]` (register shuffles on x86; element by element elsewhere). Only
     /// the first `LANES` pointers of each array are used. Every source row is read before any
