@@ -32,6 +32,10 @@
 //!   as all zero (an empty normaliser), so its gradient is `−a_pos / t` (InfoNCE) or `−a / t`
 //!   (cross-entropy), times the row's scale: exactly what the gradient of every masked class
 //!   is when only some classes are masked.
+//! - The InfoNCE target gradient `Σ_i scale_i (P_ij − [j = p0+i]) u_i` at a masked logit
+//!   (`u_ic = −∞`) is `±∞` whenever the exact weight `P_ij − [j = p0+i]` is non-zero
+//!   (`P_ij > 0` exactly when `S_ij` is finite, `P_pos < 1` exactly when another candidate
+//!   is), however small it rounds, and `0` otherwise.
 
 use crate::error::{Error, Result};
 use crate::loss::{check_logits, check_upstream, HardCrossEntropy, Reduction, SoftCrossEntropy, SoftInfoNce};
@@ -201,8 +205,13 @@ pub fn soft_infonce<T: Element>(
             }
         }
         if req.grad_targets {
+            // Whether a candidate other than the positive has a finite score (then P_pos < 1).
+            let rivals = s
+                .iter()
+                .enumerate()
+                .any(|(j, &sj)| j != pos && sj > f64::NEG_INFINITY);
             for (j, &pj) in p.iter().enumerate() {
-                let w = (pj - if j == pos { 1.0 } else { 0.0 }) * scale[i];
+                let w = target_weight(pj, j == pos, s[j] > f64::NEG_INFINITY, rivals, scale[i]);
                 for (o, &gc) in grad_a[j * c..(j + 1) * c].iter_mut().zip(&g) {
                     *o += mul0(w, gc);
                 }
@@ -246,6 +255,21 @@ fn ce_row(u: &[f64], a: &[f64], t: f64, scale: f64, grad: Option<&mut [f64]>) ->
         }
     }
     loss
+}
+
+/// The weight `(P_ij − [j = pos])·scale` of `u_i` in the target gradient of target `j`. When
+/// it rounds to zero but is not zero mathematically (`P_ij > 0` exactly when `S_ij` is
+/// finite, `P_pos < 1` exactly when another candidate is finite), the smallest normal value
+/// of the right sign stands in for it, so that a masked logit (`u = −∞`) gives the infinite
+/// gradient the exact weight implies, not a rounding-dependent `0·(−∞) = 0`.
+fn target_weight(p: f64, is_pos: bool, finite: bool, rivals: bool, scale: f64) -> f64 {
+    let w = (p - if is_pos { 1.0 } else { 0.0 }) * scale;
+    let exact_nonzero = if is_pos { rivals } else { finite };
+    if w == 0.0 && scale != 0.0 && exact_nonzero {
+        f64::MIN_POSITIVE.copysign(if is_pos { -scale } else { scale })
+    } else {
+        w
+    }
 }
 
 /// Soft-target cross-entropy (DESIGN §1b): `l_i = (Σ_c a_ic)·logsumexp(z_i/t) − a_i·z_i/t`.

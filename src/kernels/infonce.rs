@@ -789,13 +789,29 @@ unsafe fn grad_targets_generic<V: F32x>(
         scores.clear();
         scores.extend((0..p.m).map(|j| p.a_row(j).iter().zip(&gi).map(|(&a, &g)| mul0(a, g)).sum::<f32>()));
         let sc = p.scale.get(i);
+        let pos = p.p0 + i;
+        let rivals = scores
+            .iter()
+            .enumerate()
+            .any(|(j, &s)| j != pos && s > f32::NEG_INFINITY);
         for j in j0..j1 {
             let pij = if lse[i] == f32::NEG_INFINITY {
                 0.0
             } else {
                 (scores[j] - lse[i]).exp()
             };
-            let wgt = (pij - if j == p.p0 + i { 1.0 } else { 0.0 }) * sc;
+            let mut wgt = (pij - if j == pos { 1.0 } else { 0.0 }) * sc;
+            // As in the reference: a weight that rounds to zero but is not zero exactly
+            // (P_ij > 0 iff S_ij is finite; P_pos < 1 iff another candidate is) keeps its
+            // sign, so a masked logit gives the infinite gradient the exact weight implies.
+            let exact_nonzero = if j == pos {
+                rivals
+            } else {
+                scores[j] > f32::NEG_INFINITY
+            };
+            if wgt == 0.0 && sc != 0.0 && exact_nonzero {
+                wgt = f32::MIN_POSITIVE.copysign(if j == pos { -sc } else { sc });
+            }
             for (o, &g) in out[(j - j0) * j_stride..(j - j0) * j_stride + c]
                 .iter_mut()
                 .zip(&gi)
