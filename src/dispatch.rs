@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 pub enum Backend {
     /// Portable scalar code (one lane; the same kernels as the SIMD backends).
     Scalar,
-    /// x86-64 AVX2 with FMA (8 lanes).
+    /// x86-64 AVX2 with FMA and F16C (8 lanes).
     Avx2,
     /// x86-64 AVX-512 F/BW/VL/DQ (16 lanes).
     Avx512,
@@ -94,7 +94,11 @@ fn probe(b: Backend) -> bool {
     match b {
         Backend::Scalar => true,
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        Backend::Avx2 => {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        }
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512 => {
             is_x86_feature_detected!("avx512f")
@@ -166,6 +170,7 @@ impl Isa {
 // Routing of validated calls.
 
 use crate::kernels::cross_entropy::{ce_block, kernel_temperature_ok, CeProblem, CeTargets, RowScale};
+use crate::kernels::elem::KElem;
 use crate::kernels::for_row_blocks;
 use crate::kernels::infonce::{grad_targets, nce_block, NceProblem};
 use crate::kernels::infonce_structured::{snce_block, FlatTargets, SnceProblem};
@@ -395,20 +400,47 @@ fn infonce_rows_per_block(n: usize) -> usize {
 }
 
 /// Runs a cross-entropy problem on the kernels; `count` is the mean's denominator.
-fn run_ce<T: Element>(
+fn run_ce<T: Element, E: KElem>(
     isa: Isa,
-    p: CeProblem<'_>,
+    p: CeProblem<'_, E>,
     n: usize,
     outputs: Outputs<'_, T>,
     reduction: Reduction,
     count: usize,
 ) -> f32 {
-    let grad = f32_rows(outputs.grad_logits);
+    let grad = elem_rows::<T, E>(outputs.grad_logits);
     let g_stride = grad.as_ref().map_or(0, |g| g.1);
     let total = for_row_blocks(n, p.c, grad, outputs.row_losses, |blk| {
         ce_block(isa, &p, g_stride, blk)
     });
     reduced(reduction, total, count)
+}
+
+/// The element types the kernels take.
+#[derive(Clone, Copy)]
+enum Kind {
+    F32,
+    Bf16,
+    F16,
+}
+
+fn kind<T: Element>() -> Kind {
+    use std::any::TypeId;
+    if TypeId::of::<T>() == TypeId::of::<half::bf16>() {
+        Kind::Bf16
+    } else if TypeId::of::<T>() == TypeId::of::<half::f16>() {
+        Kind::F16
+    } else {
+        Kind::F32
+    }
+}
+
+/// The gradient output as kernel elements `E` (the caller's own type) and its row stride.
+fn elem_rows<T: Element, E: KElem>(g: Option<MatMut<'_, T>>) -> Option<(&mut [E], usize)> {
+    g.map(|g| {
+        let (data, _, _, stride) = g.into_parts();
+        (E::cast_mut(data).expect("E is the caller's element type"), stride)
+    })
 }
 
 /// Gradients larger than this many bytes are written with non-temporal stores: they cannot
@@ -471,20 +503,36 @@ pub(crate) fn soft_cross_entropy<T: Element>(
     targets: &Targets<'_, T>,
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    let dense = match targets {
-        Targets::Dense(a) => T::as_f32_slice(a.data()).map(|d| (d, a.stride())),
-        _ => None,
-    };
-    let z = T::as_f32_slice(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
-    let Some(z) = z else {
+    if !kernel_temperature_ok(cfg.get_temperature()) {
         let r = reference::soft_cross_entropy(cfg, logits, targets, &request(&outputs))
             .expect("inputs were validated before dispatch");
         return write(r, outputs);
-    };
-    let ce_targets = match (dense, targets.structured()) {
-        (Some((a, stride)), _) => CeTargets::Dense { a, stride },
-        (None, Some(s)) => CeTargets::Structured { s, ignore: None },
-        (None, None) => unreachable!("dense f32 targets with f32 logits"),
+    }
+    match kind::<T>() {
+        Kind::F32 => soft_ce_on::<T, f32>(isa, cfg, logits, targets, outputs),
+        Kind::Bf16 => soft_ce_on::<T, half::bf16>(isa, cfg, logits, targets, outputs),
+        Kind::F16 => soft_ce_on::<T, half::f16>(isa, cfg, logits, targets, outputs),
+    }
+}
+
+/// Soft-target CE on the kernels, with `E` the caller's element type `T`.
+fn soft_ce_on<T: Element, E: KElem>(
+    isa: Isa,
+    cfg: &SoftCrossEntropy,
+    logits: MatRef<'_, T>,
+    targets: &Targets<'_, T>,
+    outputs: Outputs<'_, T>,
+) -> f32 {
+    let z = E::cast(logits.data()).expect("E is the caller's element type");
+    let ce_targets = match targets {
+        Targets::Dense(a) => CeTargets::Dense {
+            a: E::cast(a.data()).expect("E is the caller's element type"),
+            stride: a.stride(),
+        },
+        _ => CeTargets::Structured {
+            s: targets.structured().expect("a structured form"),
+            ignore: None,
+        },
     };
     let n = logits.rows();
     let p = CeProblem {
@@ -506,12 +554,27 @@ pub(crate) fn hard_cross_entropy<T: Element>(
     labels: &[u32],
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    let z = T::as_f32_slice(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
-    let Some(z) = z else {
+    if !kernel_temperature_ok(cfg.get_temperature()) {
         let r = reference::hard_cross_entropy(cfg, logits, labels, &request(&outputs))
             .expect("inputs were validated before dispatch");
         return write(r, outputs);
-    };
+    }
+    match kind::<T>() {
+        Kind::F32 => hard_ce_on::<T, f32>(isa, cfg, logits, labels, outputs),
+        Kind::Bf16 => hard_ce_on::<T, half::bf16>(isa, cfg, logits, labels, outputs),
+        Kind::F16 => hard_ce_on::<T, half::f16>(isa, cfg, logits, labels, outputs),
+    }
+}
+
+/// Hard CE on the kernels, with `E` the caller's element type `T`.
+fn hard_ce_on<T: Element, E: KElem>(
+    isa: Isa,
+    cfg: &HardCrossEntropy,
+    logits: MatRef<'_, T>,
+    labels: &[u32],
+    outputs: Outputs<'_, T>,
+) -> f32 {
+    let z = E::cast(logits.data()).expect("E is the caller's element type");
     let ignore = cfg.get_ignore_index();
     let count = labels.iter().filter(|&&y| Some(y) != ignore).count();
     let n = logits.rows();

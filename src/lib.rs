@@ -59,7 +59,7 @@
 //! and a row with no finite candidate has loss `+∞`.
 //!
 //! ## Backends
-//! Kernels are compiled for AVX-512 (F/BW/VL/DQ), AVX2+FMA, NEON and portable scalar code;
+//! Kernels are compiled for AVX-512 (F/BW/VL/DQ), AVX2+FMA (with F16C), NEON and portable scalar code;
 //! the CPU is probed once and the fastest [`Backend`] is used unless the environment
 //! variable `SOFTNCE_BACKEND` (`scalar|avx2|avx512|neon|auto`) or a configuration's
 //! `.backend(Some(..))` forces one ([`available_backends`] lists what this CPU runs; forcing

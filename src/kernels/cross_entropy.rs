@@ -1,4 +1,5 @@
-//! The cross-entropy family on `f32` rows: soft-target CE with dense targets, soft-target CE
+//! The cross-entropy family on rows of `f32`, `bf16` or `f16` (converted in the loads and
+//! stores, computed in `f32`): soft-target CE with dense targets, soft-target CE
 //! with structured targets (hard, MixUp, sparse: the logits are the only `N × C` array read),
 //! and hard CE with label smoothing and `ignore_index`.
 //!
@@ -14,6 +15,7 @@
 //! Special rows follow the reference: NaN or `+∞` in `u` → NaN loss and gradient; no finite
 //! logit (`m = −∞`) → loss `+∞` if the row has target mass (else 0), probabilities all zero.
 
+use super::elem::KElem;
 use super::{stamp, Block};
 use crate::simd::F32x;
 use crate::targets::Structured;
@@ -39,21 +41,21 @@ impl RowScale<'_> {
 
 /// What the rows are scored against.
 #[derive(Clone, Copy)]
-pub(crate) enum CeTargets<'a> {
+pub(crate) enum CeTargets<'a, E = f32> {
     /// Dense rows: `a` with row stride `stride`.
-    Dense { a: &'a [f32], stride: usize },
+    Dense { a: &'a [E], stride: usize },
     /// A structured form; rows labelled `ignore` (hard CE) contribute nothing.
     Structured { s: Structured<'a>, ignore: Option<u32> },
 }
 
-/// A validated cross-entropy problem on `f32` logits.
+/// A validated cross-entropy problem on logits of element type `E`.
 #[derive(Clone, Copy)]
-pub(crate) struct CeProblem<'a> {
-    pub z: &'a [f32],
+pub(crate) struct CeProblem<'a, E = f32> {
+    pub z: &'a [E],
     pub z_stride: usize,
     pub c: usize,
     pub t: f32,
-    pub targets: CeTargets<'a>,
+    pub targets: CeTargets<'a, E>,
     pub scale: RowScale<'a>,
     /// Write the gradient with non-temporal stores (it is too large to stay in cache).
     pub stream: bool,
@@ -107,7 +109,7 @@ struct RowCtx {
 /// # Safety
 /// `V`'s CPU requirement.
 #[inline(always)]
-unsafe fn row_max<V: F32x>(z: &[f32]) -> f32 {
+unsafe fn row_max<V: F32x, E: KElem>(z: &[E]) -> f32 {
     let n = z.len();
     let p = z.as_ptr();
     let l = V::LANES;
@@ -118,18 +120,18 @@ unsafe fn row_max<V: F32x>(z: &[f32]) -> f32 {
         let (mut m0, mut m1, mut m2, mut m3) = (ninf, ninf, ninf, ninf);
         let mut i = 0;
         while i + 4 * l <= n {
-            m0 = m0.max_nan(V::load(p.add(i)));
-            m1 = m1.max_nan(V::load(p.add(i + l)));
-            m2 = m2.max_nan(V::load(p.add(i + 2 * l)));
-            m3 = m3.max_nan(V::load(p.add(i + 3 * l)));
+            m0 = m0.max_nan(E::load::<V>(p.add(i)));
+            m1 = m1.max_nan(E::load::<V>(p.add(i + l)));
+            m2 = m2.max_nan(E::load::<V>(p.add(i + 2 * l)));
+            m3 = m3.max_nan(E::load::<V>(p.add(i + 3 * l)));
             i += 4 * l;
         }
         while i + l <= n {
-            m0 = m0.max_nan(V::load(p.add(i)));
+            m0 = m0.max_nan(E::load::<V>(p.add(i)));
             i += l;
         }
         if i < n {
-            m1 = m1.max_nan(V::load_partial(p.add(i), n - i, f32::NEG_INFINITY));
+            m1 = m1.max_nan(E::load_partial::<V>(p.add(i), n - i, f32::NEG_INFINITY));
         }
         m0.max_nan(m1).max_nan(m2.max_nan(m3)).hmax()
     }
@@ -154,13 +156,13 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
 /// # Safety
 /// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite.
 #[inline(always)]
-unsafe fn dense_stats<V: F32x>(
-    z: &[f32],
-    a: &[f32],
+unsafe fn dense_stats<V: F32x, E: KElem>(
+    z: &[E],
+    a: &[E],
     m: f32,
     tp: Temp,
     e: &mut [f32],
-    next: &[f32],
+    next: &[E],
 ) -> (f32, f32, f32) {
     let n = z.len();
     let l = V::LANES;
@@ -176,10 +178,10 @@ unsafe fn dense_stats<V: F32x>(
         // features and the vector intrinsics would not inline.
         while i + l <= n {
             if i < next.len() {
-                V::prefetch(np.add(i));
+                V::prefetch(np.add(i).cast());
             }
-            let av = V::load(ap.add(i));
-            let d = tp.vec(V::load(zp.add(i)).sub(vm)); // (z − m)/t <= 0
+            let av = E::load::<V>(ap.add(i));
+            let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
             let ev = d.exp();
             ev.store(ep.add(i));
             s = s.add(ev);
@@ -190,8 +192,8 @@ unsafe fn dense_stats<V: F32x>(
         }
         if i < n {
             let r = n - i;
-            let av = V::load_partial(ap.add(i), r, 0.0);
-            let d = tp.vec(V::load_partial(zp.add(i), r, f32::NEG_INFINITY).sub(vm));
+            let av = E::load_partial::<V>(ap.add(i), r, 0.0);
+            let d = tp.vec(E::load_partial::<V>(zp.add(i), r, f32::NEG_INFINITY).sub(vm));
             let ev = d.exp();
             ev.store_partial(ep.add(i), r);
             s = s.add(ev);
@@ -203,7 +205,7 @@ unsafe fn dense_stats<V: F32x>(
             // The row has a masked (−∞) logit where some target weight is 0. The row holds no
             // NaN (m is finite) and the weights are finite, so only 0·(−∞) made the NaN:
             // recompute T with the convention 0·(−∞) = 0 (a rare, slower path).
-            t_sum = -masked_dot::<V>(z, a, vm, tp);
+            t_sum = -masked_dot::<V, E>(z, a, vm, tp);
         }
         (s.hsum(), mass.hsum(), t_sum)
     }
@@ -214,7 +216,7 @@ unsafe fn dense_stats<V: F32x>(
 /// # Safety
 /// `V`'s CPU requirement; `z` and `a` have the same length.
 #[inline(always)]
-unsafe fn masked_dot<V: F32x>(z: &[f32], a: &[f32], vm: V, tp: Temp) -> f32 {
+unsafe fn masked_dot<V: F32x, E: KElem>(z: &[E], a: &[E], vm: V, tp: Temp) -> f32 {
     let n = z.len();
     let l = V::LANES;
     let (zp, ap) = (z.as_ptr(), a.as_ptr());
@@ -223,14 +225,14 @@ unsafe fn masked_dot<V: F32x>(z: &[f32], a: &[f32], vm: V, tp: Temp) -> f32 {
         let mut tt = V::zero();
         let mut i = 0;
         while i + l <= n {
-            let av = V::load(ap.add(i));
-            let d = tp.vec(V::load(zp.add(i)).sub(vm));
+            let av = E::load::<V>(ap.add(i));
+            let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm));
             tt = tt.add(d.mul(av).zero_where_zero(av));
             i += l;
         }
         if i < n {
-            let av = V::load_partial(ap.add(i), n - i, 0.0);
-            let d = tp.vec(V::load_partial(zp.add(i), n - i, f32::NEG_INFINITY).sub(vm));
+            let av = E::load_partial::<V>(ap.add(i), n - i, 0.0);
+            let d = tp.vec(E::load_partial::<V>(zp.add(i), n - i, f32::NEG_INFINITY).sub(vm));
             tt = tt.add(d.mul(av).zero_where_zero(av));
         }
         tt.hsum()
@@ -244,13 +246,13 @@ unsafe fn masked_dot<V: F32x>(z: &[f32], a: &[f32], vm: V, tp: Temp) -> f32 {
 /// # Safety
 /// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite.
 #[inline(always)]
-unsafe fn exp_stats<V: F32x>(
-    z: &[f32],
+unsafe fn exp_stats<V: F32x, E: KElem>(
+    z: &[E],
     m: f32,
     tp: Temp,
     e: &mut [f32],
     want_r: bool,
-    next: &[f32],
+    next: &[E],
 ) -> (f32, f32) {
     let n = z.len();
     let l = V::LANES;
@@ -262,9 +264,9 @@ unsafe fn exp_stats<V: F32x>(
         let mut i = 0;
         while i + l <= n {
             if i < next.len() {
-                V::prefetch(np.add(i));
+                V::prefetch(np.add(i).cast());
             }
-            let d = tp.vec(V::load(zp.add(i)).sub(vm)); // (z − m)/t <= 0
+            let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
             let ev = d.exp();
             ev.store(ep.add(i));
             s = s.add(ev);
@@ -275,7 +277,7 @@ unsafe fn exp_stats<V: F32x>(
         }
         if i < n {
             let k = n - i;
-            let d = tp.vec(V::load_partial(zp.add(i), k, f32::NEG_INFINITY).sub(vm));
+            let d = tp.vec(E::load_partial::<V>(zp.add(i), k, f32::NEG_INFINITY).sub(vm));
             let ev = d.exp();
             ev.store_partial(ep.add(i), k);
             s = s.add(ev);
@@ -294,7 +296,7 @@ unsafe fn exp_stats<V: F32x>(
 /// `V`'s CPU requirement; `ep` (and `ap` if not null) are valid for reading `i + r` values;
 /// `r <= LANES`.
 #[inline(always)]
-unsafe fn grad_vec<V: F32x>(ep: *const f32, ap: *const f32, i: usize, r: usize, v1: V, v2: V) -> V {
+unsafe fn grad_vec<V: F32x, E: KElem>(ep: *const f32, ap: *const E, i: usize, r: usize, v1: V, v2: V) -> V {
     // SAFETY: the caller's guarantees.
     unsafe {
         let full = r == V::LANES;
@@ -307,9 +309,9 @@ unsafe fn grad_vec<V: F32x>(ep: *const f32, ap: *const f32, i: usize, r: usize, 
             ev.fma(v1, v2)
         } else {
             let av = if full {
-                V::load(ap.add(i))
+                E::load::<V>(ap.add(i))
             } else {
-                V::load_partial(ap.add(i), r, 0.0)
+                E::load_partial::<V>(ap.add(i), r, 0.0)
             };
             ev.fma(v1, av.mul(v2))
         }
@@ -324,13 +326,13 @@ unsafe fn grad_vec<V: F32x>(ep: *const f32, ap: *const f32, i: usize, r: usize, 
 /// # Safety
 /// `V`'s CPU requirement; `e`, `g` (and `a`) have the same length.
 #[inline(always)]
-unsafe fn write_grad<V: F32x>(
+unsafe fn write_grad<V: F32x, E: KElem>(
     e: &[f32],
-    a: Option<&[f32]>,
+    a: Option<&[E]>,
     c1: f32,
     c2: f32,
-    g: &mut [f32],
-    next: &[f32],
+    g: &mut [E],
+    next: &[E],
     stream: bool,
 ) {
     let n = e.len();
@@ -343,30 +345,32 @@ unsafe fn write_grad<V: F32x>(
     unsafe {
         let (v1, v2) = (V::splat(c1), V::splat(c2));
         let mut i = 0;
-        if stream {
-            let head = ((l * 4 - (gp as usize) % (l * 4)) % (l * 4) / 4).min(n);
+        if stream && E::IS_F32 {
+            // (E is f32 here: the pointer casts are the identity.)
+            let gf = gp.cast::<f32>();
+            let head = ((l * 4 - (gf as usize) % (l * 4)) % (l * 4) / 4).min(n);
             if head > 0 {
-                grad_vec::<V>(ep, ap, 0, head, v1, v2).store_partial(gp, head);
+                grad_vec::<V, E>(ep, ap, 0, head, v1, v2).store_partial(gf, head);
                 i = head;
             }
             while i + l <= n {
                 if i < next.len() {
-                    V::prefetch(np.add(i));
+                    V::prefetch(np.add(i).cast());
                 }
-                grad_vec::<V>(ep, ap, i, l, v1, v2).store_stream(gp.add(i));
+                grad_vec::<V, E>(ep, ap, i, l, v1, v2).store_stream(gf.add(i));
                 i += l;
             }
         } else {
             while i + l <= n {
                 if i < next.len() {
-                    V::prefetch(np.add(i));
+                    V::prefetch(np.add(i).cast());
                 }
-                grad_vec::<V>(ep, ap, i, l, v1, v2).store(gp.add(i));
+                E::store::<V>(grad_vec::<V, E>(ep, ap, i, l, v1, v2), gp.add(i));
                 i += l;
             }
         }
         if i < n {
-            grad_vec::<V>(ep, ap, i, n - i, v1, v2).store_partial(gp.add(i), n - i);
+            E::store_partial::<V>(grad_vec::<V, E>(ep, ap, i, n - i, v1, v2), gp.add(i), n - i);
         }
     }
 }
@@ -376,7 +380,7 @@ unsafe fn write_grad<V: F32x>(
 /// # Safety
 /// `V`'s CPU requirement.
 #[inline(always)]
-unsafe fn row_sum<V: F32x>(a: &[f32]) -> f32 {
+unsafe fn row_sum<V: F32x, E: KElem>(a: &[E]) -> f32 {
     let n = a.len();
     let l = V::LANES;
     let p = a.as_ptr();
@@ -385,11 +389,11 @@ unsafe fn row_sum<V: F32x>(a: &[f32]) -> f32 {
         let mut s = V::zero();
         let mut i = 0;
         while i + l <= n {
-            s = s.add(V::load(p.add(i)));
+            s = s.add(E::load::<V>(p.add(i)));
             i += l;
         }
         if i < n {
-            s = s.add(V::load_partial(p.add(i), n - i, 0.0));
+            s = s.add(E::load_partial::<V>(p.add(i), n - i, 0.0));
         }
         s.hsum()
     }
@@ -410,64 +414,68 @@ fn mul0(a: f32, b: f32) -> f32 {
 /// # Safety
 /// `V`'s CPU requirement; `z`, `a`, `e` (and `g`) have the same length.
 #[inline(always)]
-unsafe fn dense_row<V: F32x>(
-    z: &[f32],
-    a: &[f32],
+unsafe fn dense_row<V: F32x, E: KElem>(
+    z: &[E],
+    a: &[E],
     ctx: RowCtx,
     e: &mut [f32],
-    g: Option<&mut [f32]>,
-    next: (&[f32], &[f32]),
+    g: Option<&mut [E]>,
+    next: (&[E], &[E]),
 ) -> f32 {
     let RowCtx { tp, k, stream } = ctx;
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
     unsafe {
-        let m = row_max::<V>(z);
+        let m = row_max::<V, E>(z);
         if m.is_nan() || m == f32::INFINITY {
             if let Some(g) = g {
-                g.fill(f32::NAN);
+                g.fill(E::from_f32(f32::NAN));
             }
             return f32::NAN;
         }
         if m == f32::NEG_INFINITY {
-            let mass = row_sum::<V>(a);
+            let mass = row_sum::<V, E>(a);
             if let Some(g) = g {
                 // Probabilities are all zero: g = −k·a.
                 e.fill(0.0);
-                write_grad::<V>(e, Some(a), 0.0, -k, g, &[], false);
+                write_grad::<V, E>(e, Some(a), 0.0, -k, g, &[], false);
             }
             return if mass > 0.0 { f32::INFINITY } else { 0.0 };
         }
-        let (s, mass, tt) = dense_stats::<V>(z, a, m, tp, e, next.0);
+        let (s, mass, tt) = dense_stats::<V, E>(z, a, m, tp, e, next.0);
         if let Some(g) = g {
-            write_grad::<V>(e, Some(a), k * mass / s, -k, g, next.1, stream);
+            write_grad::<V, E>(e, Some(a), k * mass / s, -k, g, next.1, stream);
         }
         mass * s.ln() + tt
     }
 }
 
 /// One row of soft-target CE against a structured row (`floor` + entries). Returns the loss.
+/// `scratch` is `(e, d)`: the row's exponentials, and room for the explicit classes' summed
+/// weights (half-precision gradients only).
 ///
 /// # Safety
-/// `V`'s CPU requirement; `z`, `e` (and `g`) have the same length; entry classes are `< C`.
+/// `V`'s CPU requirement; `z`, `e`, `d` (and `g`) have the same length; entry classes are
+/// `< C`.
 #[inline(always)]
-unsafe fn structured_row<V: F32x>(
-    z: &[f32],
+unsafe fn structured_row<V: F32x, E: KElem>(
+    z: &[E],
     floor: f32,
     entries: crate::targets::Entries<'_>,
     ctx: RowCtx,
-    e: &mut [f32],
-    g: Option<&mut [f32]>,
-    next: &[f32],
+    scratch: (&mut [f32], &mut [f32]),
+    g: Option<&mut [E]>,
+    next: &[E],
 ) -> f32 {
     let RowCtx { tp, k, stream } = ctx;
+    let (e, d) = scratch;
     let c = z.len();
     let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
     unsafe {
-        let m = row_max::<V>(z);
+        let m = row_max::<V, E>(z);
         if m.is_nan() || m == f32::INFINITY {
             if let Some(g) = g {
-                g.fill(f32::NAN);
+                g.fill(E::from_f32(f32::NAN));
             }
             return f32::NAN;
         }
@@ -475,18 +483,35 @@ unsafe fn structured_row<V: F32x>(
             e.fill(0.0);
             (if mass > 0.0 { f32::INFINITY } else { 0.0 }, 0.0)
         } else {
-            let (s, r) = exp_stats::<V>(z, m, tp, e, floor > 0.0, next);
+            let (s, r) = exp_stats::<V, E>(z, m, tp, e, floor > 0.0, next);
             let mut loss = mass * s.ln() + if floor > 0.0 { floor * r } else { 0.0 };
             for (cls, w) in entries.iter() {
-                loss += mul0(w, tp.scalar(m - z[cls as usize]));
+                loss += mul0(w, tp.scalar(m - z[cls as usize].to_f32()));
             }
             (loss, k * mass / s)
         };
         if let Some(g) = g {
-            write_grad::<V>(e, None, c1, -k * floor, g, &[], stream);
+            write_grad::<V, E>(e, None, c1, -k * floor, g, &[], stream);
             // The explicit classes last, in f32: g_c = k·mass·p_c − k·floor − k·Σw.
-            for (cls, w) in entries.iter() {
-                g[cls as usize] -= k * w;
+            if E::IS_F32 {
+                for (cls, w) in entries.iter() {
+                    let gc = &mut g[cls as usize];
+                    *gc = E::from_f32(gc.to_f32() - k * w);
+                }
+            } else {
+                // Rounded gradients cannot carry the f32 value: rebuild it from `e` with the
+                // class's summed weights (`d`, cleared and filled for these classes only).
+                let c2 = -k * floor;
+                for (cls, _) in entries.iter() {
+                    d[cls as usize] = 0.0;
+                }
+                for (cls, w) in entries.iter() {
+                    d[cls as usize] += k * w;
+                }
+                for (cls, _) in entries.iter() {
+                    let c = cls as usize;
+                    g[c] = E::from_f32(e[c].mul_add(c1, c2) - d[c]);
+                }
             }
         }
         loss
@@ -499,11 +524,15 @@ unsafe fn structured_row<V: F32x>(
 /// `V`'s CPU requirement; `p` was validated (shapes, strides, labels) and `blk` comes from
 /// [`for_row_blocks`](super::for_row_blocks) with the gradient's stride `g_stride`.
 #[inline(always)]
-unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Block<'_>) -> f64 {
+unsafe fn ce_block_generic<V: F32x, E: KElem>(
+    p: &CeProblem<'_, E>,
+    g_stride: usize,
+    blk: Block<'_, E>,
+) -> f64 {
     let c = p.c;
     let tp = Temp::new(p.t);
-    let mut scratch = super::take_scratch(c);
-    let e = &mut scratch[..c];
+    let mut scratch = super::take_scratch(2 * c);
+    let (e, d) = scratch[..2 * c].split_at_mut(c);
     let Block {
         rows,
         mut grad,
@@ -535,7 +564,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                     } else {
                         (&[][..], &[][..])
                     };
-                    dense_row::<V>(z, &a[i * stride..i * stride + c], ctx, e, g, next)
+                    dense_row::<V, E>(z, &a[i * stride..i * stride + c], ctx, e, g, next)
                 }
                 CeTargets::Structured { s, ignore } => {
                     let next_z = if i + 1 < end {
@@ -547,7 +576,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                     if let (Some(ig), Some((y, _))) = (ignore, entries.iter().next()) {
                         if y == ig {
                             if let Some(g) = g {
-                                g.fill(0.0);
+                                g.fill(E::from_f32(0.0));
                             }
                             if let Some(rl) = row_losses.as_deref_mut() {
                                 rl[r] = 0.0;
@@ -555,7 +584,7 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
                             continue;
                         }
                     }
-                    structured_row::<V>(z, floor, entries, ctx, e, g, next_z)
+                    structured_row::<V, E>(z, floor, entries, ctx, (&mut *e, &mut *d), g, next_z)
                 }
             }
         };
@@ -574,5 +603,5 @@ unsafe fn ce_block_generic<V: F32x>(p: &CeProblem<'_>, g_stride: usize, blk: Blo
 
 stamp! {
     /// Rows of a cross-entropy problem on the backend `isa`; returns the sum of their losses.
-    pub(crate) fn ce_block(p: &CeProblem<'_>, g_stride: usize, blk: Block<'_>) -> f64 = ce_block_generic;
+    pub(crate) fn ce_block<E: KElem>(p: &CeProblem<'_, E>, g_stride: usize, blk: Block<'_, E>) -> f64 = ce_block_generic;
 }

@@ -7,6 +7,7 @@
 //! whatever the number of threads.
 
 pub(crate) mod cross_entropy;
+pub(crate) mod elem;
 pub(crate) mod infonce;
 pub(crate) mod infonce_structured;
 pub(crate) mod validate;
@@ -19,45 +20,46 @@ use std::ops::Range;
 /// function so that every `#[inline(always)]` vector method is inlined with the backend's
 /// instructions.
 macro_rules! stamp {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty = $generic:ident;) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident $(<$($g:ident : $b:ident),*>)? ($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty = $generic:ident;) => {
         $(#[$meta])*
-        $vis fn $name(isa: crate::dispatch::Isa, $($arg: $ty),*) -> $ret {
+        $vis fn $name $(<$($g: $b),*>)? (isa: crate::dispatch::Isa, $($arg: $ty),*) -> $ret {
             match isa.backend() {
                 #[cfg(target_arch = "x86_64")]
                 crate::Backend::Avx512 => {
-                    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-                    unsafe fn imp($($arg: $ty),*) -> $ret {
+                    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+                    unsafe fn imp $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
                         // SAFETY: this function is only called when the CPU has AVX-512
-                        // F/BW/VL/DQ, which is `Avx512`'s requirement.
-                        unsafe { $generic::<crate::simd::avx512::Avx512>($($arg),*) }
+                        // F/BW/VL/DQ, which is `Avx512`'s requirement (and implies AVX2, FMA
+                        // and F16C).
+                        unsafe { $generic::<crate::simd::avx512::Avx512 $($(, $g)*)?>($($arg),*) }
                     }
                     // SAFETY: an `Isa` holding `Avx512` is only made after the CPU was probed
                     // for AVX-512 F/BW/VL/DQ (`Isa::resolve`).
-                    unsafe { imp($($arg),*) }
+                    unsafe { imp $(::<$($g),*>)? ($($arg),*) }
                 }
                 #[cfg(target_arch = "x86_64")]
                 crate::Backend::Avx2 => {
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn imp($($arg: $ty),*) -> $ret {
-                        // SAFETY: this function is only called when the CPU has AVX2 and FMA,
-                        // which is `Avx2`'s requirement.
-                        unsafe { $generic::<crate::simd::avx2::Avx2>($($arg),*) }
+                    #[target_feature(enable = "avx2,fma,f16c")]
+                    unsafe fn imp $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
+                        // SAFETY: this function is only called when the CPU has AVX2, FMA and
+                        // F16C, which is `Avx2`'s requirement.
+                        unsafe { $generic::<crate::simd::avx2::Avx2 $($(, $g)*)?>($($arg),*) }
                     }
                     // SAFETY: an `Isa` holding `Avx2` is only made after the CPU was probed
-                    // for AVX2 and FMA (`Isa::resolve`).
-                    unsafe { imp($($arg),*) }
+                    // for AVX2, FMA and F16C (`Isa::resolve`).
+                    unsafe { imp $(::<$($g),*>)? ($($arg),*) }
                 }
                 #[cfg(target_arch = "aarch64")]
                 crate::Backend::Neon => {
                     #[target_feature(enable = "neon")]
-                    unsafe fn imp($($arg: $ty),*) -> $ret {
+                    unsafe fn imp $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
                         // SAFETY: this function is only called when the CPU has NEON, which
                         // is `Neon`'s requirement.
-                        unsafe { $generic::<crate::simd::neon::Neon>($($arg),*) }
+                        unsafe { $generic::<crate::simd::neon::Neon $($(, $g)*)?>($($arg),*) }
                     }
                     // SAFETY: an `Isa` holding `Neon` is only made after the CPU was probed
                     // for NEON (`Isa::resolve`).
-                    unsafe { imp($($arg),*) }
+                    unsafe { imp $(::<$($g),*>)? ($($arg),*) }
                 }
                 _ => {
                     // The scalar backend computes true fused multiply-adds (`f32::mul_add`);
@@ -66,16 +68,16 @@ macro_rules! stamp {
                     #[cfg(target_arch = "x86_64")]
                     if std::arch::is_x86_feature_detected!("fma") {
                         #[target_feature(enable = "fma")]
-                        unsafe fn imp($($arg: $ty),*) -> $ret {
+                        unsafe fn imp $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
                             // SAFETY: the scalar vector type has no CPU requirement; FMA was
                             // detected by the caller.
-                            unsafe { $generic::<crate::simd::scalar::S1>($($arg),*) }
+                            unsafe { $generic::<crate::simd::scalar::S1 $($(, $g)*)?>($($arg),*) }
                         }
                         // SAFETY: FMA was just detected.
-                        return unsafe { imp($($arg),*) };
+                        return unsafe { imp $(::<$($g),*>)? ($($arg),*) };
                     }
                     // SAFETY: the scalar vector type has no CPU requirement.
-                    unsafe { $generic::<crate::simd::scalar::S1>($($arg),*) }
+                    unsafe { $generic::<crate::simd::scalar::S1 $($(, $g)*)?>($($arg),*) }
                 }
             }
         }
@@ -90,27 +92,27 @@ const PARALLEL_MIN_ELEMS: usize = 1 << 17;
 
 /// One block of rows: their range, their gradient rows (a slice whose row `r` starts at
 /// `r · stride`) and their row-loss outputs.
-pub(crate) struct Block<'a> {
+pub(crate) struct Block<'a, E = f32> {
     pub rows: Range<usize>,
-    pub grad: Option<&'a mut [f32]>,
+    pub grad: Option<&'a mut [E]>,
     pub row_losses: Option<&'a mut [f32]>,
 }
 
 /// Runs `body` over blocks of rows (in parallel for large problems) and returns the sum of
 /// the partial results in block order. `grad` is `(data, stride)` of an `n`-row gradient.
-pub(crate) fn for_row_blocks<F>(
+pub(crate) fn for_row_blocks<E: Send, F>(
     n: usize,
     c: usize,
-    grad: Option<(&mut [f32], usize)>,
+    grad: Option<(&mut [E], usize)>,
     row_losses: Option<&mut [f32]>,
     body: F,
 ) -> f64
 where
-    F: Fn(Block<'_>) -> f64 + Sync,
+    F: Fn(Block<'_, E>) -> f64 + Sync,
 {
     let rows_per_block = (BLOCK_ELEMS / c.max(1)).clamp(1, n.max(1));
     let nblocks = n.div_ceil(rows_per_block);
-    let mut blocks: Vec<Block<'_>> = (0..nblocks)
+    let mut blocks: Vec<Block<'_, E>> = (0..nblocks)
         .map(|b| Block {
             rows: b * rows_per_block..((b + 1) * rows_per_block).min(n),
             grad: None,

@@ -1,4 +1,4 @@
-//! AVX2 + FMA backend: 8 lanes in a `__m256`.
+//! AVX2 + FMA (+ F16C) backend: 8 lanes in a `__m256`.
 //!
 //! Every `unsafe` block in this file executes AVX/AVX2/FMA (and SSE..SSE4.1, implied by AVX2)
 //! instructions; they are justified by the [`F32x`] CPU requirement (the caller guarantees
@@ -11,7 +11,8 @@ use crate::simd::exp::{
 };
 use crate::simd::F32x;
 
-/// Eight `f32` lanes (`__m256`). Requires the `avx2` and `fma` CPU features.
+/// Eight `f32` lanes (`__m256`). Requires the `avx2`, `fma` and `f16c` CPU features (F16C
+/// converts binary16 values; every AVX2 CPU has it).
 #[derive(Clone, Copy, Debug)]
 #[repr(transparent)]
 pub(crate) struct Avx2(pub(crate) __m256);
@@ -89,7 +90,9 @@ unsafe impl F32x for Avx2 {
 
     #[inline]
     fn is_available() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
 
     #[inline(always)]
@@ -210,6 +213,47 @@ unsafe impl F32x for Avx2 {
             let keep = _mm256_cmp_ps::<_CMP_NEQ_UQ>(mask.0, _mm256_setzero_ps());
             Avx2(_mm256_and_ps(self.0, keep))
         }
+    }
+
+    #[inline(always)]
+    unsafe fn load_bf16(ptr: *const u16) -> Self {
+        // SAFETY: AVX2 is available; 8 u16s (16 bytes) are readable at `ptr`.
+        unsafe {
+            let h = _mm_loadu_si128(ptr.cast());
+            Avx2(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(
+                _mm256_cvtepu16_epi32(h),
+            )))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load_f16(ptr: *const u16) -> Self {
+        // SAFETY: F16C is part of this backend's requirement; 8 u16s are readable at `ptr`.
+        unsafe { Avx2(_mm256_cvtph_ps(_mm_loadu_si128(ptr.cast()))) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16(self, ptr: *mut u16) {
+        // SAFETY: AVX2 is available; 8 u16s are writable at `ptr`. Round to nearest even on
+        // the bits; NaN lanes are quietened instead. The 32-bit results fit 16 bits, so the
+        // saturating pack is exact; the 64-bit permute gathers both 128-bit halves.
+        unsafe {
+            let b = _mm256_castps_si256(self.0);
+            let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+            let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0));
+            let q = _mm256_or_si256(b, _mm256_set1_epi32(0x0040_0000));
+            let r = _mm256_srli_epi32::<16>(_mm256_blendv_epi8(r, q, nan));
+            let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(r, r));
+            _mm_storeu_si128(ptr.cast(), _mm256_castsi256_si128(packed));
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_f16(self, ptr: *mut u16) {
+        // SAFETY: F16C is part of this backend's requirement (vcvtps2ph, round to nearest
+        // even); 8 u16s are writable at `ptr`.
+        unsafe { _mm_storeu_si128(ptr.cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0)) }
     }
 
     #[inline(always)]

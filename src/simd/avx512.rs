@@ -166,6 +166,45 @@ unsafe impl F32x for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn load_bf16(ptr: *const u16) -> Self {
+        // SAFETY: AVX-512F is available; 16 u16s (32 bytes) are readable at `ptr`.
+        unsafe {
+            let h = _mm256_loadu_si256(ptr.cast());
+            Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(
+                _mm512_cvtepu16_epi32(h),
+            )))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load_f16(ptr: *const u16) -> Self {
+        // SAFETY: AVX-512F is available (vcvtph2ps zmm); 16 u16s are readable at `ptr`.
+        unsafe { Avx512(_mm512_cvtph_ps(_mm256_loadu_si256(ptr.cast()))) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16(self, ptr: *mut u16) {
+        // SAFETY: AVX-512F/BW are available; 16 u16s are writable at `ptr`. Round to nearest
+        // even on the bits (add 0x7FFF plus the kept lsb, keep the high half); NaN lanes are
+        // quietened instead (their rounding could carry into the exponent).
+        unsafe {
+            let b = _mm512_castps_si512(self.0);
+            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+            let r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0);
+            let r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(b, _mm512_set1_epi32(0x0040_0000)));
+            _mm256_storeu_si256(ptr.cast(), _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(r)));
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_f16(self, ptr: *mut u16) {
+        // SAFETY: AVX-512F is available (vcvtps2ph zmm, round to nearest even); 16 u16s are
+        // writable at `ptr`.
+        unsafe { _mm256_storeu_si256(ptr.cast(), _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0)) }
+    }
+
+    #[inline(always)]
     unsafe fn transpose(src: &[*const f32; 16], dst: &[*mut f32; 16]) {
         // SAFETY: the CPU requirement holds; the caller guarantees 16 readable floats at every
         // `src[q]` and 16 writable floats at every `dst[k]`. The shuffles are pure register

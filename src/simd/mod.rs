@@ -7,7 +7,7 @@
 //! | type             | lanes | where     | required CPU features                          |
 //! |------------------|-------|-----------|------------------------------------------------|
 //! | `scalar::S1`     | 1     | anywhere  | none (portable fallback)                       |
-//! | `avx2::Avx2`     | 8     | `x86_64`  | `avx2`, `fma`                                  |
+//! | `avx2::Avx2`     | 8     | `x86_64`  | `avx2`, `fma`, `f16c`                          |
 //! | `avx512::Avx512` | 16    | `x86_64`  | `avx512f`, `avx512bw`, `avx512vl`, `avx512dq`  |
 //! | `neon::Neon`     | 4     | `aarch64` | `neon` (always present on `aarch64`)           |
 //!
@@ -264,6 +264,71 @@ pub(crate) unsafe trait F32x: Copy {
     /// # Safety
     /// The CPU requirement (see the trait docs).
     unsafe fn exp(self) -> Self;
+
+    /// Loads `LANES` consecutive `bf16` values (raw bits) widened to `f32` (exact: a 16-bit
+    /// shift on every backend).
+    ///
+    /// # Safety
+    /// The CPU requirement; `ptr` valid for reads of `LANES` `u16`s (aligned to 2 bytes).
+    #[inline(always)]
+    unsafe fn load_bf16(ptr: *const u16) -> Self {
+        const { assert!(Self::LANES <= 16) };
+        let mut buf = [0.0f32; 16];
+        for (l, b) in buf.iter_mut().enumerate().take(Self::LANES) {
+            // SAFETY: the caller guarantees LANES readable u16s.
+            *b = f32::from_bits((unsafe { *ptr.add(l) } as u32) << 16);
+        }
+        // SAFETY: `buf` holds 16 >= LANES floats.
+        unsafe { Self::load(buf.as_ptr()) }
+    }
+
+    /// Loads `LANES` consecutive IEEE binary16 values (raw bits) widened to `f32` (exact).
+    ///
+    /// # Safety
+    /// The CPU requirement; `ptr` valid for reads of `LANES` `u16`s (aligned to 2 bytes).
+    #[inline(always)]
+    unsafe fn load_f16(ptr: *const u16) -> Self {
+        const { assert!(Self::LANES <= 16) };
+        let mut buf = [0.0f32; 16];
+        for (l, b) in buf.iter_mut().enumerate().take(Self::LANES) {
+            // SAFETY: the caller guarantees LANES readable u16s.
+            *b = half::f16::from_bits(unsafe { *ptr.add(l) }).to_f32();
+        }
+        // SAFETY: `buf` holds 16 >= LANES floats.
+        unsafe { Self::load(buf.as_ptr()) }
+    }
+
+    /// Stores the lanes rounded to `bf16` (round to nearest even; NaN stays NaN) as raw bits.
+    ///
+    /// # Safety
+    /// The CPU requirement; `ptr` valid for writes of `LANES` `u16`s (aligned to 2 bytes).
+    #[inline(always)]
+    unsafe fn store_bf16(self, ptr: *mut u16) {
+        const { assert!(Self::LANES <= 16) };
+        let mut buf = [0.0f32; 16];
+        // SAFETY: `buf` holds 16 >= LANES floats.
+        unsafe { self.store(buf.as_mut_ptr()) };
+        for (l, &b) in buf.iter().enumerate().take(Self::LANES) {
+            // SAFETY: the caller guarantees LANES writable u16s.
+            unsafe { *ptr.add(l) = half::bf16::from_f32(b).to_bits() };
+        }
+    }
+
+    /// Stores the lanes rounded to IEEE binary16 (round to nearest even) as raw bits.
+    ///
+    /// # Safety
+    /// The CPU requirement; `ptr` valid for writes of `LANES` `u16`s (aligned to 2 bytes).
+    #[inline(always)]
+    unsafe fn store_f16(self, ptr: *mut u16) {
+        const { assert!(Self::LANES <= 16) };
+        let mut buf = [0.0f32; 16];
+        // SAFETY: `buf` holds 16 >= LANES floats.
+        unsafe { self.store(buf.as_mut_ptr()) };
+        for (l, &b) in buf.iter().enumerate().take(Self::LANES) {
+            // SAFETY: the caller guarantees LANES writable u16s.
+            unsafe { *ptr.add(l) = half::f16::from_f32(b).to_bits() };
+        }
+    }
 
     /// Transposes a `LANES × LANES` block: reads row `q` from `src[q][0..LANES]` and writes
     /// `dst[k][q] = src[q][k]` (register shuffles on x86; element by element elsewhere). Only

@@ -163,6 +163,26 @@ unsafe impl F32x for Neon {
     }
 
     #[inline(always)]
+    unsafe fn load_bf16(ptr: *const u16) -> Self {
+        // SAFETY: NEON is available; 4 u16s are readable at `ptr`. Widening shift by 16.
+        unsafe { Neon(vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(ptr)))) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16(self, ptr: *mut u16) {
+        // SAFETY: NEON is available; 4 u16s are writable at `ptr`. Round to nearest even on
+        // the bits; NaN lanes (where `v == v` is false) are quietened instead.
+        unsafe {
+            let b = vreinterpretq_u32_f32(self.0);
+            let lsb = vandq_u32(vshrq_n_u32::<16>(b), vdupq_n_u32(1));
+            let r = vaddq_u32(vaddq_u32(b, vdupq_n_u32(0x7FFF)), lsb);
+            let q = vorrq_u32(b, vdupq_n_u32(0x0040_0000));
+            let r = vbslq_u32(vceqq_f32(self.0, self.0), r, q);
+            vst1_u16(ptr, vshrn_n_u32::<16>(r));
+        }
+    }
+
+    #[inline(always)]
     unsafe fn exp(self) -> Self {
         // The shared algorithm of `crate::simd::exp`, step for step (see `exp_scalar`).
         // SAFETY: NEON is available (trait CPU requirement); no memory access.

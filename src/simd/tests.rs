@@ -20,11 +20,12 @@ trait Body {
 }
 
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn on_avx2<B: Body>(body: B) -> B::Out {
-    // SAFETY: this entry point's contract (AVX2 + FMA) is exactly Avx2's CPU requirement.
+    // SAFETY: this entry point's contract (AVX2 + FMA + F16C) is exactly Avx2's CPU
+    // requirement.
     unsafe { body.run::<Avx2>() }
 }
 
@@ -110,7 +111,7 @@ impl Backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => {
                 assert!(Avx2::is_available());
-                // SAFETY: runtime detection just confirmed AVX2 + FMA.
+                // SAFETY: runtime detection just confirmed AVX2, FMA and F16C.
                 unsafe { on_avx2(body) }
             }
             #[cfg(target_arch = "x86_64")]
@@ -874,6 +875,106 @@ impl Body for Transpose {
 fn transpose_every_backend() {
     for b in Backend::available() {
         b.run(Transpose);
+    }
+}
+
+/// Half-precision loads widen every one of the 65536 bit patterns exactly as the `half`
+/// crate does, and stores round like it (nearest even, NaN stays NaN) on a sweep of `f32`
+/// bit patterns that covers ties, denormals, overflow and the specials.
+struct HalfIo;
+
+impl Body for HalfIo {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<V: F32x>(self) {
+        let l = V::LANES;
+        let mut got = vec![0.0f32; l];
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for start in (0..=u16::MAX as usize).step_by(l) {
+            let bits: Vec<u16> = (start..start + l).map(|b| b as u16).collect();
+            // SAFETY: V is available (caller's contract); `bits` holds `l` u16s, `got` `l` f32s.
+            unsafe { V::load_bf16(bits.as_ptr()).store(got.as_mut_ptr()) };
+            for (&b, &g) in bits.iter().zip(&got) {
+                assert!(
+                    same(g, half::bf16::from_bits(b).to_f32()),
+                    "load_bf16 {b:#06x}: {g}"
+                );
+            }
+            // SAFETY: as above.
+            unsafe { V::load_f16(bits.as_ptr()).store(got.as_mut_ptr()) };
+            for (&b, &g) in bits.iter().zip(&got) {
+                assert!(
+                    same(g, half::f16::from_bits(b).to_f32()),
+                    "load_f16 {b:#06x}: {g}"
+                );
+            }
+        }
+        let mut vals: Vec<f32> = (0..1u64 << 32)
+            .step_by(4099)
+            .map(|b| f32::from_bits(b as u32))
+            .collect();
+        // Exact ties and their neighbours for both formats, and the specials.
+        for k in [
+            0x3f80_8000u32,
+            0x3f81_8000,
+            0x3f80_1000,
+            0x3f80_3000,
+            0x477f_f000,
+            0x4780_0000,
+        ] {
+            vals.extend([k - 1, k, k + 1].map(f32::from_bits));
+        }
+        vals.extend([
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            1e-40,
+            65520.0,
+            65519.0,
+        ]);
+        vals.extend([f32::from_bits(0x7f80_0001), f32::from_bits(0xffff_ffff)]);
+        while !vals.len().is_multiple_of(l) {
+            vals.push(1.0);
+        }
+        let mut out = vec![0u16; l];
+        for chunk in vals.chunks(l) {
+            // SAFETY: `chunk` holds `l` f32s, `out` `l` u16s.
+            let v = unsafe { V::load(chunk.as_ptr()) };
+            // SAFETY: as above.
+            unsafe { v.store_bf16(out.as_mut_ptr()) };
+            for (&x, &o) in chunk.iter().zip(&out) {
+                let want = half::bf16::from_f32(x);
+                let got = half::bf16::from_bits(o);
+                assert!(
+                    o == want.to_bits() || (want.is_nan() && got.is_nan()),
+                    "store_bf16 {x:e} ({:#010x}): {o:#06x} vs {:#06x}",
+                    x.to_bits(),
+                    want.to_bits()
+                );
+            }
+            // SAFETY: as above.
+            unsafe { v.store_f16(out.as_mut_ptr()) };
+            for (&x, &o) in chunk.iter().zip(&out) {
+                let want = half::f16::from_f32(x);
+                let got = half::f16::from_bits(o);
+                assert!(
+                    o == want.to_bits() || (want.is_nan() && got.is_nan()),
+                    "store_f16 {x:e} ({:#010x}): {o:#06x} vs {:#06x}",
+                    x.to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn half_loads_and_stores_every_backend() {
+    for b in Backend::available() {
+        b.run(HalfIo);
     }
 }
 

@@ -1,0 +1,131 @@
+//! The element types the kernels read and write: `f32`, `bf16` and `f16`, converted inside
+//! the vector loads and stores (a 16-bit shift for `bf16`, F16C / AVX-512 / scalar
+//! conversions for `f16`), so that every kernel computes in `f32` and rounds once on store.
+
+use crate::simd::F32x;
+use crate::view::Element;
+use half::{bf16, f16};
+use std::any::TypeId;
+
+/// A kernel element type: `f32`, `bf16` or `f16`.
+///
+/// # Safety
+/// Implementations must read and write exactly `LANES` (resp. `n`) elements at the pointer.
+pub(crate) unsafe trait KElem: Element {
+    /// Whether this is `f32` (the gradient may then be streamed with non-temporal stores).
+    const IS_F32: bool;
+
+    /// `LANES` elements at `p`, widened.
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `p` valid for reads of `LANES` elements.
+    unsafe fn load<V: F32x>(p: *const Self) -> V;
+
+    /// Stores the lanes rounded to this type (round to nearest even).
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `p` valid for writes of `LANES` elements.
+    unsafe fn store<V: F32x>(v: V, p: *mut Self);
+
+    /// The first `n` elements at `p`, widened; lanes `n..` are `fill` (representable in every
+    /// element type: the kernels pass `0` and `−∞`).
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `n <= LANES`; `p` valid for reads of `n` elements.
+    #[inline(always)]
+    unsafe fn load_partial<V: F32x>(p: *const Self, n: usize, fill: f32) -> V {
+        let mut buf = [Self::from_f32(fill); 16];
+        // SAFETY: `n <= LANES <= 16` elements are readable at `p` and fit `buf`; `buf` then
+        // holds the 16 >= LANES elements `load` reads.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+            Self::load::<V>(buf.as_ptr())
+        }
+    }
+
+    /// Stores the first `n` lanes rounded to this type; memory from `p[n]` on is untouched.
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `n <= LANES`; `p` valid for writes of `n` elements.
+    #[inline(always)]
+    unsafe fn store_partial<V: F32x>(v: V, p: *mut Self, n: usize) {
+        let mut buf = [Self::from_f32(0.0); 16];
+        // SAFETY: `buf` holds 16 >= LANES elements; `n <= LANES` of them are copied to `p`,
+        // which the caller guarantees writable.
+        unsafe {
+            Self::store::<V>(v, buf.as_mut_ptr());
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
+        }
+    }
+
+    /// `s` as a slice of this type, if `T` is this type.
+    fn cast<T: Element>(s: &[T]) -> Option<&[Self]> {
+        (TypeId::of::<T>() == TypeId::of::<Self>()).then(|| {
+            // SAFETY: `T` and `Self` are the same type, so the slice is reinterpreted as itself.
+            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<Self>(), s.len()) }
+        })
+    }
+
+    /// `s` as a mutable slice of this type, if `T` is this type.
+    fn cast_mut<T: Element>(s: &mut [T]) -> Option<&mut [Self]> {
+        (TypeId::of::<T>() == TypeId::of::<Self>()).then(|| {
+            // SAFETY: `T` and `Self` are the same type; the borrow is moved into the result.
+            unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<Self>(), s.len()) }
+        })
+    }
+}
+
+// SAFETY: plain LANES-wide (partial: n-wide) f32 loads and stores.
+unsafe impl KElem for f32 {
+    const IS_F32: bool = true;
+    #[inline(always)]
+    unsafe fn load<V: F32x>(p: *const f32) -> V {
+        // SAFETY: the caller's guarantees.
+        unsafe { V::load(p) }
+    }
+    #[inline(always)]
+    unsafe fn store<V: F32x>(v: V, p: *mut f32) {
+        // SAFETY: the caller's guarantees.
+        unsafe { v.store(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial<V: F32x>(p: *const f32, n: usize, fill: f32) -> V {
+        // SAFETY: the caller's guarantees.
+        unsafe { V::load_partial(p, n, fill) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial<V: F32x>(v: V, p: *mut f32, n: usize) {
+        // SAFETY: the caller's guarantees.
+        unsafe { v.store_partial(p, n) }
+    }
+}
+
+// SAFETY: `bf16` is `repr(transparent)` over its `u16` bits; LANES u16s are accessed.
+unsafe impl KElem for bf16 {
+    const IS_F32: bool = false;
+    #[inline(always)]
+    unsafe fn load<V: F32x>(p: *const bf16) -> V {
+        // SAFETY: the caller's guarantees; bf16 has the layout of u16.
+        unsafe { V::load_bf16(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn store<V: F32x>(v: V, p: *mut bf16) {
+        // SAFETY: the caller's guarantees; bf16 has the layout of u16.
+        unsafe { v.store_bf16(p.cast()) }
+    }
+}
+
+// SAFETY: `f16` is `repr(transparent)` over its `u16` bits; LANES u16s are accessed.
+unsafe impl KElem for f16 {
+    const IS_F32: bool = false;
+    #[inline(always)]
+    unsafe fn load<V: F32x>(p: *const f16) -> V {
+        // SAFETY: the caller's guarantees; f16 has the layout of u16.
+        unsafe { V::load_f16(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn store<V: F32x>(v: V, p: *mut f16) {
+        // SAFETY: the caller's guarantees; f16 has the layout of u16.
+        unsafe { v.store_f16(p.cast()) }
+    }
+}

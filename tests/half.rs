@@ -1,0 +1,295 @@
+//! Half-precision logits, targets and gradients (`bf16`, `f16`) on every backend, against the
+//! f64 reference run on the same values (every half value widens exactly).
+//!
+//! Tolerances: the kernels compute in `f32` from the exactly widened inputs, so losses get
+//! the `f32` tolerance of the `f32` tests; a gradient element is computed in `f32` and
+//! rounded once to the caller's type, so it may also differ by half a unit in the last
+//! place of that type: `u·|g|` with `u = 2⁻⁸` (bf16, 8 significant bits) or `2⁻¹¹` (f16), plus
+//! `2⁻²⁵` absolute for f16's subnormals.
+
+mod common;
+use common::{cases, close};
+
+use half::{bf16, f16};
+use proptest::prelude::*;
+use softnce::reference::{self, Request};
+use softnce::{
+    available_backends, Element, HardCrossEntropy, MatMut, MatRef, Outputs, Reduction, RowParam,
+    SoftCrossEntropy, SparseTargets, Targets,
+};
+
+const CLASSES: &[usize] = &[1, 7, 8, 9, 15, 16, 17, 31, 33, 100, 1000];
+
+#[derive(Debug, Clone)]
+struct Case {
+    n: usize,
+    c: usize,
+    stride: usize,
+    t: f32,
+    logits: Vec<f32>,
+    dense: Vec<f32>,
+    labels: Vec<u32>,
+    partner: Vec<u32>,
+    lambda: f32,
+    eps: f32,
+    counts: Vec<usize>,
+    entries: Vec<(u32, f32)>,
+    floor: f32,
+    upstream: Vec<f32>,
+    reduction: Reduction,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..6,
+        prop::sample::select(CLASSES),
+        0usize..3,
+        prop::sample::select(vec![0.05f32, 1.0, 3.0]),
+        prop::sample::select(vec![Reduction::Mean, Reduction::Sum, Reduction::None]),
+    )
+        .prop_flat_map(|(n, c, pad, t, reduction)| {
+            let stride = c + pad;
+            (
+                Just((n, c, stride, t, reduction)),
+                prop::collection::vec(
+                    prop_oneof![
+                        10 => -6.0f32..6.0,
+                        1 => prop_oneof![Just(80.0f32), Just(-1e4), -1e4f32..1e4],
+                        1 => Just(f32::NEG_INFINITY),
+                    ],
+                    n * stride,
+                ),
+                prop::collection::vec(prop_oneof![Just(0.0f32), 0.0f32..1.0], n * c),
+                prop::collection::vec((0..c as u32, 0..c as u32), n),
+                (
+                    0.0f32..1.0,
+                    prop_oneof![Just(0.0f32), Just(0.1), 0.0f32..1.0],
+                    0.0f32..0.05,
+                ),
+                prop::collection::vec(0usize..4, n),
+                prop::collection::vec((0..c as u32, 0.0f32..1.0), 3 * n),
+                prop::collection::vec(-2.0f32..2.0, n),
+                prop::option::weighted(0.1, 0..n),
+            )
+        })
+        .prop_map(
+            |(
+                (n, c, stride, t, reduction),
+                mut logits,
+                dense,
+                ab,
+                (lambda, eps, floor),
+                counts,
+                entries,
+                upstream,
+                nan,
+            )| {
+                if let Some(r) = nan {
+                    logits[r * stride] = f32::NAN;
+                }
+                let (labels, partner) = ab.into_iter().unzip();
+                let total: usize = counts.iter().sum();
+                Case {
+                    n,
+                    c,
+                    stride,
+                    t,
+                    logits,
+                    dense,
+                    labels,
+                    partner,
+                    lambda,
+                    eps,
+                    counts,
+                    entries: entries.into_iter().take(total).collect(),
+                    floor,
+                    upstream,
+                    reduction,
+                }
+            },
+        )
+}
+
+/// Unit roundoff and absolute floor of the element type's rounding.
+fn rounding<T: Element>() -> (f64, f64) {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>() {
+        (2f64.powi(-8), 0.0)
+    } else {
+        (2f64.powi(-11), 2f64.powi(-25))
+    }
+}
+
+fn run<T: Element>(case: &Case) {
+    let Case {
+        n,
+        c,
+        stride,
+        t,
+        reduction,
+        ..
+    } = *case;
+    let h = |v: &[f32]| -> Vec<T> { v.iter().map(|&x| T::from_f32(x)).collect() };
+    let logits = h(&case.logits);
+    let dense = h(&case.dense);
+    let z = MatRef::with_stride(&logits, n, c, stride).unwrap();
+    let mut indptr = vec![0usize];
+    for &k in &case.counts {
+        indptr.push(indptr.last().unwrap() + k);
+    }
+    let classes: Vec<u32> = case.entries.iter().map(|e| e.0).collect();
+    let weights: Vec<f32> = case.entries.iter().map(|e| e.1).collect();
+    let forms: Vec<(&str, Targets<'_, T>)> = vec![
+        ("dense", Targets::Dense(MatRef::new(&dense, n, c).unwrap())),
+        ("hard", Targets::hard(&case.labels, case.eps)),
+        (
+            "mixed",
+            Targets::mixed(
+                &case.labels,
+                &case.partner,
+                RowParam::Batch(case.lambda),
+                case.eps,
+            ),
+        ),
+        (
+            "sparse",
+            Targets::Sparse(SparseTargets::new(
+                &indptr,
+                &classes,
+                &weights,
+                RowParam::Batch(case.floor),
+            )),
+        ),
+    ];
+    let up = (reduction == Reduction::None).then_some(&case.upstream[..]);
+    let req = Request {
+        grad_logits: true,
+        grad_targets: false,
+        upstream: up,
+    };
+    let (u, abs) = rounding::<T>();
+    let check = |what: &str, loss: f32, rows: &[f32], g: &[T], r: &reference::RefOutput| {
+        let loss_tol = |b: f64| 3e-5 * b.abs().max(1.0);
+        assert!(
+            close(loss as f64, r.loss, loss_tol(r.loss)),
+            "{what}: loss {loss} vs {}",
+            r.loss
+        );
+        for (i, (&a, &b)) in rows.iter().zip(&r.row_losses).enumerate() {
+            assert!(close(a as f64, b, loss_tol(b)), "{what}: row {i}: {a} vs {b}");
+        }
+        let scale = r
+            .grad_logits
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(1.0 / t as f64, |m, v| m.max(v.abs()));
+        for (k, &b) in r.grad_logits.iter().enumerate() {
+            let (i, j) = (k / c, k % c);
+            let a = g[i * stride + j].to_f64();
+            let tol = 3e-5 * scale + u * b.abs() + abs;
+            assert!(close(a, b, tol), "{what}: grad[{i},{j}] {a} vs {b} (tol {tol})");
+        }
+    };
+    for backend in available_backends() {
+        for (name, targets) in &forms {
+            let cfg = SoftCrossEntropy::new()
+                .temperature(t)
+                .reduction(reduction)
+                .backend(Some(backend));
+            let r = reference::soft_cross_entropy(&cfg, z, targets, &req).unwrap();
+            let mut g = vec![T::from_f32(7.0); n * stride];
+            let mut rows = vec![0.0f32; n];
+            let mut out = Outputs::new()
+                .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+                .row_losses(&mut rows);
+            if let Some(u) = up {
+                out = out.upstream(u);
+            }
+            let loss = cfg.compute(z, targets, out).unwrap();
+            check(
+                &format!("soft-ce/{name} {backend} n={n} c={c} t={t} {reduction:?}"),
+                loss,
+                &rows,
+                &g,
+                &r,
+            );
+            // Padding between gradient rows is never written.
+            for i in 0..n {
+                for k in c..stride {
+                    if i * stride + k < g.len() {
+                        assert_eq!(g[i * stride + k].to_f32(), 7.0, "padding written");
+                    }
+                }
+            }
+        }
+        let ignore = Some(case.labels[0]).filter(|_| n > 1);
+        let cfg = HardCrossEntropy::new()
+            .temperature(t)
+            .smoothing(case.eps)
+            .ignore_index(ignore)
+            .reduction(reduction)
+            .backend(Some(backend));
+        let r = reference::hard_cross_entropy(&cfg, z, &case.labels, &req).unwrap();
+        let mut g = vec![T::from_f32(7.0); n * stride];
+        let mut rows = vec![0.0f32; n];
+        let mut out = Outputs::new()
+            .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+            .row_losses(&mut rows);
+        if let Some(u) = up {
+            out = out.upstream(u);
+        }
+        let loss = cfg.compute(z, &case.labels, out).unwrap();
+        check(
+            &format!("hard-ce {backend} n={n} c={c} t={t} {reduction:?}"),
+            loss,
+            &rows,
+            &g,
+            &r,
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(48),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn bf16_cross_entropy_matches_reference_on_every_backend(case in case()) {
+        run::<bf16>(&case);
+    }
+
+    #[test]
+    fn f16_cross_entropy_matches_reference_on_every_backend(case in case()) {
+        run::<f16>(&case);
+    }
+}
+
+/// The target class's gradient `softmax − 1` is formed in `f32` before the one rounding:
+/// with a confident row the difference is about 2⁻¹⁶, and rounding the softmax to bf16 first
+/// (1.0) would lose it entirely.
+#[test]
+fn target_class_gradient_is_rounded_once() {
+    for backend in available_backends() {
+        let z: Vec<bf16> = [12.0f32, 0.0, 0.0, 0.0]
+            .iter()
+            .map(|&x| bf16::from_f32(x))
+            .collect();
+        let z = MatRef::new(&z, 1, 4).unwrap();
+        let mut g = vec![bf16::ZERO; 4];
+        let cfg = HardCrossEntropy::new()
+            .reduction(Reduction::Sum)
+            .backend(Some(backend));
+        cfg.loss_and_grad(z, &[0], MatMut::new(&mut g, 1, 4).unwrap())
+            .unwrap();
+        let want = -3.0 * (-12.0f64).exp() / (1.0 + 3.0 * (-12.0f64).exp());
+        let got = g[0].to_f64();
+        // f32 rounding of the softmax near 1 (a few 2⁻²⁴), then one bf16 rounding.
+        let tol = 2f64.powi(-8) * want.abs() + 4.0 * 2f64.powi(-24);
+        assert!(
+            got != 0.0 && (got - want).abs() <= tol,
+            "{backend}: {got} vs {want}"
+        );
+    }
+}
