@@ -4,7 +4,7 @@
 //! cargo run --release --example bench -- --loss soft-ce|hard-ce|soft-infonce \
 //!     --targets dense|hard|mixed|sparse --n N [--m M] --c C \
 //!     [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline]
-//!     [--trust-targets] [--peak] [--grad-targets]
+//!     [--trust-targets] [--peak] [--grad-targets] [--densify] [--dtype f32|bf16|f16]
 //! ```
 //!
 //! `gbps` is the minimal number of bytes the call must move (logits and dense targets read
@@ -17,11 +17,14 @@
 //! `--trust-targets` turns off the scan of dense target weights (`check_targets(false)`).
 //! `--peak` (dense InfoNCE) measures the FMA peak of the same threads with a register-only
 //! loop in the same run and reports the fraction reached. `--grad-targets` (dense InfoNCE)
-//! also computes the gradient with respect to the targets.
+//! also computes the gradient with respect to the targets. `--densify` passes a structured
+//! form (`hard|mixed|sparse`) as the equal dense matrix instead, to time the dense kernels on
+//! the same targets. `--dtype` sets the element type of logits, dense targets and gradients
+//! (`gbps` then counts that type's bytes).
 
 use rayon::prelude::*;
 use softnce::{
-    Backend, HardCrossEntropy, MatMut, MatRef, Outputs, RowParam, SoftCrossEntropy, SoftInfoNce,
+    Backend, Element, HardCrossEntropy, MatMut, MatRef, Outputs, RowParam, SoftCrossEntropy, SoftInfoNce,
     SparseTargets, Targets,
 };
 use std::hint::black_box;
@@ -39,6 +42,8 @@ struct Args {
     grad: bool,
     roofline: bool,
     trust: bool,
+    densify: bool,
+    dtype: String,
     peak: bool,
     grad_targets: bool,
 }
@@ -47,7 +52,7 @@ fn usage(msg: &str) -> ! {
     eprintln!("error: {msg}");
     eprintln!(
         "usage: bench --loss soft-ce|hard-ce|soft-infonce --targets dense|hard|mixed|sparse --n N [--m M] --c C \
-         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets] [--peak] [--grad-targets]"
+         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets] [--peak] [--grad-targets] [--densify] [--dtype f32|bf16|f16]"
     );
     std::process::exit(2)
 }
@@ -65,6 +70,8 @@ fn parse() -> Args {
         grad: true,
         roofline: false,
         trust: false,
+        densify: false,
+        dtype: "f32".into(),
         peak: false,
         grad_targets: false,
     };
@@ -93,6 +100,8 @@ fn parse() -> Args {
             "--no-grad" => a.grad = false,
             "--roofline" => a.roofline = true,
             "--trust-targets" => a.trust = true,
+            "--densify" => a.densify = true,
+            "--dtype" => a.dtype = val(),
             "--peak" => a.peak = true,
             "--grad-targets" => a.grad_targets = true,
             "-h" | "--help" => usage("help requested"),
@@ -244,26 +253,36 @@ fn main() {
         .num_threads(args.threads)
         .build()
         .unwrap();
-    pool.install(|| run(&args));
+    pool.install(|| match args.dtype.as_str() {
+        "f32" => run::<f32>(&args),
+        "bf16" => run::<half::bf16>(&args),
+        "f16" => run::<half::f16>(&args),
+        other => usage(&format!("unknown dtype {other}")),
+    });
 }
 
-fn run(args: &Args) {
+/// The values of `v` rounded to `T`, converted by all threads.
+fn to_elem<T: Element>(v: Vec<f32>) -> Vec<T> {
+    v.par_iter().map(|&x| T::from_f32(x)).collect()
+}
+
+fn run<T: Element>(args: &Args) {
     let (n, c) = (args.n, args.c);
     let m = if args.loss == "soft-infonce" { args.m } else { n };
     let mut rng = Lcg(42);
-    let logits = par_vec(n * c, |i| 8.0 * uniform(1, i) - 4.0);
+    let logits: Vec<T> = to_elem(par_vec(n * c, |i| 8.0 * uniform(1, i) - 4.0));
     let labels: Vec<u32> = (0..m)
         .map(|_| (rng.next() * c as f32) as u32 % c as u32)
         .collect();
     let partner: Vec<u32> = labels.iter().rev().copied().collect();
     let eps = 0.1f32;
-    let dense: Vec<f32> = if args.targets == "dense" {
+    let dense: Vec<T> = if args.targets == "dense" {
         let mut d = par_vec(m * c, |i| uniform(2, i));
         d.par_chunks_mut(c).for_each(|row| {
             let s: f32 = row.iter().sum();
             row.iter_mut().for_each(|v| *v /= s);
         });
-        d
+        to_elem(d)
     } else {
         Vec::new()
     };
@@ -272,7 +291,7 @@ fn run(args: &Args) {
     let weights: Vec<f32> = (0..m)
         .flat_map(|_| [0.7 * (1.0 - eps), 0.3 * (1.0 - eps)])
         .collect();
-    let targets: Targets<'_> = match args.targets.as_str() {
+    let targets: Targets<'_, T> = match args.targets.as_str() {
         "dense" => Targets::Dense(MatRef::new(&dense, m, c).unwrap()),
         "hard" => Targets::hard(&labels, eps),
         "mixed" => Targets::mixed(&labels, &partner, RowParam::Batch(0.7), eps),
@@ -284,15 +303,37 @@ fn run(args: &Args) {
         )),
         other => usage(&format!("unknown targets {other}")),
     };
+    // The structured rows written out densely: floor ε/C plus the entries.
+    let densified: Vec<T> = if args.densify && args.targets != "dense" {
+        let mut d = par_vec(m * c, |_| eps / c as f32);
+        d.par_chunks_mut(c)
+            .enumerate()
+            .for_each(|(j, row)| match args.targets.as_str() {
+                "hard" => row[labels[j] as usize] += 1.0 - eps,
+                _ => {
+                    for k in indptr[j]..indptr[j + 1] {
+                        row[indices[k] as usize] += weights[k];
+                    }
+                }
+            });
+        to_elem(d)
+    } else {
+        Vec::new()
+    };
+    let targets = if densified.is_empty() {
+        targets
+    } else {
+        Targets::Dense(MatRef::new(&densified, m, c).unwrap())
+    };
     let z = MatRef::new(&logits, n, c).unwrap();
-    let mut grad = par_vec(n * c, |_| 0.0);
+    let mut grad: Vec<T> = to_elem(par_vec(n * c, |_| 0.0));
     let backend = match args.backend {
         Some(b) => b,
         None => softnce::default_backend().unwrap_or_else(|e| usage(&format!("{e}"))),
     };
 
-    let mut gt = par_vec(if args.grad_targets { m * c } else { 0 }, |_| 0.0);
-    let call = |grad: &mut [f32], gt: &mut [f32]| -> f32 {
+    let mut gt: Vec<T> = to_elem(par_vec(if args.grad_targets { m * c } else { 0 }, |_| 0.0));
+    let call = |grad: &mut [T], gt: &mut [T]| -> f32 {
         let mut out = if args.grad {
             Outputs::new().grad_logits(MatMut::new(grad, n, c).unwrap())
         } else {
@@ -328,25 +369,32 @@ fn run(args: &Args) {
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let med = median(&mut times);
 
-    let dense_target_bytes = if args.targets == "dense" { 4 * m * c } else { 0 };
-    let grad_bytes = if args.grad { 4 * n * c } else { 0 };
-    let bytes = 4 * n * c + dense_target_bytes + grad_bytes;
+    let size = std::mem::size_of::<T>();
+    let dense_target_bytes = if args.targets == "dense" || !densified.is_empty() {
+        size * m * c
+    } else {
+        0
+    };
+    let grad_bytes = if args.grad { size * n * c } else { 0 };
+    let bytes = size * n * c + dense_target_bytes + grad_bytes;
     let gbps = bytes as f64 / med / 1e9;
     let mut json = format!(
         "{{\"loss_kind\":\"{}\",\"targets\":\"{}\",\"n\":{n},\"m\":{m},\"c\":{c},\"grad\":{},\"backend\":\"{}\",\
-         \"threads\":{},\"reps\":{},\"checked_targets\":{},\"loss\":{loss},\"median_ms\":{:.4},\"min_ms\":{:.4},\"bytes\":{bytes},\"gbps\":{:.2}",
+         \"dtype\":\"{}\",\"threads\":{},\"reps\":{},\"checked_targets\":{},\"densified\":{},\"loss\":{loss},\"median_ms\":{:.4},\"min_ms\":{:.4},\"bytes\":{bytes},\"gbps\":{:.2}",
         args.loss,
         args.targets,
         args.grad,
         backend,
+        args.dtype,
         args.threads,
         args.reps,
         !args.trust,
+        !densified.is_empty(),
         med * 1e3,
         min * 1e3,
         gbps
     );
-    if args.loss == "soft-infonce" && args.targets == "dense" {
+    if args.loss == "soft-infonce" && (args.targets == "dense" || !densified.is_empty()) {
         let flops = (2 + if args.grad { 2 } else { 0 } + if args.grad_targets { 4 } else { 0 }) as f64
             * (n * m * c) as f64;
         let gflops = flops / med / 1e9;
@@ -361,7 +409,11 @@ fn run(args: &Args) {
         }
     }
     if args.roofline {
-        let s = stream_gbps(n * c, args.targets == "dense", args.reps.clamp(5, 20));
+        let s = stream_gbps(
+            n * c,
+            args.targets == "dense" || !densified.is_empty(),
+            args.reps.clamp(5, 20),
+        );
         json += &format!(",\"stream_gbps\":{s:.2},\"fraction_of_stream\":{:.3}", gbps / s);
     }
     println!("{json}}}");

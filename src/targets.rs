@@ -12,6 +12,7 @@
 
 use crate::dispatch::Isa;
 use crate::error::{Error, Result};
+use crate::kernels::elem::KElem;
 use crate::kernels::validate::dense_valid;
 use crate::view::{Element, MatRef};
 
@@ -195,8 +196,16 @@ impl<'a, T: Element> Targets<'a, T> {
                 if !check_dense {
                     return Ok(m.rows());
                 }
-                if let (Some(isa), Some(a)) = (isa, T::as_f32_slice(m.data())) {
-                    if dense_valid(isa, a, m.rows(), m.cols(), m.stride()) {
+                if let Some(isa) = isa {
+                    let (data, rows, cols, stride) = (m.data(), m.rows(), m.cols(), m.stride());
+                    let ok = if let Some(a) = f32::cast(data) {
+                        dense_valid(isa, a, rows, cols, stride)
+                    } else if let Some(a) = half::bf16::cast(data) {
+                        dense_valid(isa, a, rows, cols, stride)
+                    } else {
+                        half::f16::cast(data).is_some_and(|a| dense_valid(isa, a, rows, cols, stride))
+                    };
+                    if ok {
                         return Ok(m.rows());
                     }
                 }

@@ -1,8 +1,10 @@
-//! Vectorised check that dense `f32` target weights are finite and non-negative.
+//! Vectorised check that dense target weights (`f32`, `bf16` or `f16`) are finite and
+//! non-negative.
 //!
 //! It only answers yes or no; on "no" the caller rescans with the scalar loop to report the
 //! first offending entry, so errors are identical on every backend.
 
+use super::elem::KElem;
 use super::stamp;
 use crate::dispatch::Isa;
 use crate::simd::F32x;
@@ -17,7 +19,13 @@ use rayon::prelude::*;
 /// # Safety
 /// `V`'s CPU requirement; every row `r0..r1` lies inside `a`.
 #[inline(always)]
-unsafe fn rows_valid_generic<V: F32x>(a: &[f32], stride: usize, cols: usize, r0: usize, r1: usize) -> bool {
+unsafe fn rows_valid_generic<V: F32x, E: KElem>(
+    a: &[E],
+    stride: usize,
+    cols: usize,
+    r0: usize,
+    r1: usize,
+) -> bool {
     let l = V::LANES;
     // SAFETY: V's CPU features are the caller's guarantee; each row spans
     // `a[i·stride .. i·stride + cols]`, inside `a` by the caller's guarantee, and the loads
@@ -31,20 +39,20 @@ unsafe fn rows_valid_generic<V: F32x>(a: &[f32], stride: usize, cols: usize, r0:
             let mut k = 0;
             while k + 4 * l <= cols {
                 for u in 0..4 {
-                    let v = V::load(p.add(k + u * l));
+                    let v = E::load::<V>(p.add(k + u * l));
                     fin[u] = v.fma(zero, fin[u]);
                     lo[u] = lo[u].min(v);
                 }
                 k += 4 * l;
             }
             while k + l <= cols {
-                let v = V::load(p.add(k));
+                let v = E::load::<V>(p.add(k));
                 fin[0] = v.fma(zero, fin[0]);
                 lo[0] = lo[0].min(v);
                 k += l;
             }
             if k < cols {
-                let v = V::load_partial(p.add(k), cols - k, 0.0);
+                let v = E::load_partial::<V>(p.add(k), cols - k, 0.0);
                 fin[1] = v.fma(zero, fin[1]);
                 lo[1] = lo[1].min(v);
             }
@@ -57,12 +65,12 @@ unsafe fn rows_valid_generic<V: F32x>(a: &[f32], stride: usize, cols: usize, r0:
 }
 
 stamp! {
-    fn rows_valid(a: &[f32], stride: usize, cols: usize, r0: usize, r1: usize) -> bool = rows_valid_generic;
+    fn rows_valid<E: KElem>(a: &[E], stride: usize, cols: usize, r0: usize, r1: usize) -> bool = rows_valid_generic;
 }
 
 /// Whether the `rows × cols` matrix `a` (row stride `stride`) holds only finite values `>= 0`;
 /// large matrices are checked on rayon.
-pub(crate) fn dense_valid(isa: Isa, a: &[f32], rows: usize, cols: usize, stride: usize) -> bool {
+pub(crate) fn dense_valid<E: KElem>(isa: Isa, a: &[E], rows: usize, cols: usize, stride: usize) -> bool {
     const BLOCK: usize = 1 << 16;
     let per = (BLOCK / cols.max(1)).max(1);
     if rows * cols < 2 * BLOCK {
