@@ -174,7 +174,8 @@ fuzz_target!(|data: &[u8]| {
     let eta: Vec<f32> = (0..c).map(|_| 0.01 + b.u8() as f32 / 64.0).collect();
     let log_eta: Vec<f32> = eta.iter().map(|&p| p.ln() - 0.5).collect();
     let (noise, log_noise): (Noise<'_>, Vec<f64>) = match b.small(2) {
-        0 => (Noise::Uniform, vec![0.0; c]),
+        // Uniform noise is η = 1/C: it cancels in the losses but not in the target gradient.
+        0 => (Noise::Uniform, vec![-(c as f64).ln(); c]),
         1 => (Noise::Probs(&eta), eta.iter().map(|&p| (p as f64).ln()).collect()),
         _ => (Noise::LogProbs(&log_eta), log_eta.iter().map(|&l| l as f64).collect()),
     };
