@@ -218,6 +218,9 @@ pub(crate) fn soft_infonce<T: Element>(
     targets: &Targets<'_, T>,
     outputs: Outputs<'_, T>,
 ) -> f32 {
+    if !matches!(kind::<T>(), Kind::F32) && kernel_temperature_ok(cfg.get_temperature()) {
+        return soft_infonce_widened(isa, cfg, logits, targets, outputs);
+    }
     let dense = match targets {
         Targets::Dense(a) => T::as_f32_slice(a.data()).map(|d| (d, a.stride(), a.rows())),
         _ => None,
@@ -317,6 +320,88 @@ pub(crate) fn soft_infonce<T: Element>(
         rl.copy_from_slice(&loss);
     }
     reduced(reduction, total, n)
+}
+
+/// The rows of `m` widened to a contiguous `f32` matrix (all threads).
+fn widen<T: Element>(m: MatRef<'_, T>) -> Vec<f32> {
+    let c = m.cols();
+    let mut out = vec![0.0f32; m.rows() * c];
+    out.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, row)| {
+        for (o, v) in row.iter_mut().zip(m.row(i)) {
+            *o = v.to_f32();
+        }
+    });
+    out
+}
+
+/// Rounds a contiguous `f32` result into the caller's (strided) output, once per element.
+fn narrow_into<T: Element>(src: &[f32], dst: MatMut<'_, T>) {
+    let (data, rows, cols, stride) = dst.into_parts();
+    data.par_chunks_mut(stride.max(1))
+        .take(rows)
+        .zip(src.par_chunks(cols.max(1)))
+        .for_each(|(d, s)| {
+            for (o, &v) in d[..cols].iter_mut().zip(s) {
+                *o = T::from_f32(v);
+            }
+        });
+}
+
+/// Soft-target InfoNCE on `bf16`/`f16` data for now runs the `f32` kernels on widened copies
+/// of the logits and dense targets (`N × C` and `M × C` temporaries) and rounds the gradients
+/// once at the end; the InfoNCE kernels do not convert in their loads yet.
+fn soft_infonce_widened<T: Element>(
+    isa: Isa,
+    cfg: &SoftInfoNce<'_>,
+    logits: MatRef<'_, T>,
+    targets: &Targets<'_, T>,
+    outputs: Outputs<'_, T>,
+) -> f32 {
+    let (n, c, m) = (logits.rows(), logits.cols(), targets.rows());
+    let z = widen(logits);
+    let dense = match targets {
+        Targets::Dense(a) => widen(*a),
+        _ => Vec::new(),
+    };
+    let targets32: Targets<'_, f32> = match *targets {
+        Targets::Dense(_) => Targets::Dense(MatRef::new(&dense, m, c).expect("same shape")),
+        Targets::Hard { labels, smoothing } => Targets::Hard { labels, smoothing },
+        Targets::Mixed {
+            a,
+            b,
+            lambda,
+            smoothing,
+        } => Targets::Mixed {
+            a,
+            b,
+            lambda,
+            smoothing,
+        },
+        Targets::Sparse(sp) => Targets::Sparse(sp),
+    };
+    let mut g = vec![0.0f32; if outputs.grad_logits.is_some() { n * c } else { 0 }];
+    let mut gt = vec![0.0f32; if outputs.grad_targets.is_some() { m * c } else { 0 }];
+    let out32 = Outputs {
+        row_losses: outputs.row_losses,
+        grad_logits: outputs
+            .grad_logits
+            .as_ref()
+            .map(|_| MatMut::new(&mut g, n, c).expect("same shape")),
+        grad_targets: outputs
+            .grad_targets
+            .as_ref()
+            .map(|_| MatMut::new(&mut gt, m, c).expect("same shape")),
+        upstream: outputs.upstream,
+    };
+    let z32 = MatRef::new(&z, n, c).expect("same shape");
+    let loss = soft_infonce::<f32>(isa, cfg, z32, &targets32, out32);
+    if let Some(dst) = outputs.grad_logits {
+        narrow_into(&g, dst);
+    }
+    if let Some(dst) = outputs.grad_targets {
+        narrow_into(&gt, dst);
+    }
+    loss
 }
 
 /// One block of structured InfoNCE rows: its index, its losses, its gradient rows and stride.

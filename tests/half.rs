@@ -1,11 +1,14 @@
 //! Half-precision logits, targets and gradients (`bf16`, `f16`) on every backend, against the
-//! f64 reference run on the same values (every half value widens exactly).
+//! f64 reference run on the same values (every half value widens exactly): every
+//! cross-entropy variant and soft-target InfoNCE with every target form.
 //!
 //! Tolerances: the kernels compute in `f32` from the exactly widened inputs, so losses get
 //! the `f32` tolerance of the `f32` tests; a gradient element is computed in `f32` and
 //! rounded once to the caller's type, so it may also differ by half a unit in the last
 //! place of that type: `u·|g|` with `u = 2⁻⁸` (bf16, 8 significant bits) or `2⁻¹¹` (f16), plus
-//! `2⁻²⁵` absolute for f16's subnormals.
+//! `2⁻²⁵` absolute for f16's subnormals. Values beyond f16's range (65504) must round to
+//! `±∞`. InfoNCE scores are `C`-term sums, so their tolerance grows with the row's largest
+//! `|z/t − log η|` exactly as in the `f32` tests.
 
 mod common;
 use common::{cases, close};
@@ -291,5 +294,158 @@ fn target_class_gradient_is_rounded_once() {
             got != 0.0 && (got - want).abs() <= tol,
             "{backend}: {got} vs {want}"
         );
+    }
+}
+
+/// Soft-target InfoNCE on half-precision data: every target form (dense with its target
+/// gradient too), against the reference on the same values.
+fn run_infonce<T: Element>(case: &Case, extra: usize) {
+    let Case {
+        n,
+        c,
+        stride,
+        t,
+        reduction,
+        ..
+    } = *case;
+    let m = n + extra;
+    let h = |v: &[f32]| -> Vec<T> { v.iter().map(|&x| T::from_f32(x)).collect() };
+    let logits = h(&case.logits);
+    let z = MatRef::with_stride(&logits, n, c, stride).unwrap();
+    // Targets: the case's rows, then `extra` more made from the first ones.
+    let dense: Vec<T> = h(&(0..m * c).map(|k| case.dense[k % (n * c)]).collect::<Vec<_>>());
+    let labels: Vec<u32> = (0..m).map(|j| case.labels[j % n]).collect();
+    let partner: Vec<u32> = (0..m).map(|j| case.partner[j % n]).collect();
+    let indptr: Vec<usize> = (0..=m).map(|j| j.min(case.entries.len())).collect();
+    let classes: Vec<u32> = case.entries.iter().take(m).map(|e| e.0).collect();
+    let weights: Vec<f32> = case.entries.iter().take(m).map(|e| e.1).collect();
+    let forms: Vec<(&str, Targets<'_, T>)> = vec![
+        ("dense", Targets::Dense(MatRef::new(&dense, m, c).unwrap())),
+        ("hard", Targets::hard(&labels, case.eps)),
+        (
+            "mixed",
+            Targets::mixed(&labels, &partner, RowParam::Batch(case.lambda), case.eps),
+        ),
+        (
+            "sparse",
+            Targets::Sparse(SparseTargets::new(
+                &indptr,
+                &classes,
+                &weights,
+                RowParam::Batch(case.floor),
+            )),
+        ),
+    ];
+    let up = (reduction == Reduction::None).then_some(&case.upstream[..]);
+    let (u, abs) = rounding::<T>();
+    let rel = 3e-5 * (1.0 / t as f64).max(1.0) * (1.0 + (c as f64).sqrt() / 8.0);
+    // Target rows carry mass up to C (dense weights below 1) or about 1 + C·floor.
+    let mass = (c as f64).max(4.0 + 0.05 * c as f64);
+    for backend in available_backends() {
+        for (name, targets) in &forms {
+            let is_dense = *name == "dense";
+            let req = Request {
+                grad_logits: true,
+                grad_targets: is_dense,
+                upstream: up,
+            };
+            let cfg = softnce::SoftInfoNce::new()
+                .temperature(t)
+                .offset(extra / 2)
+                .reduction(reduction)
+                .backend(Some(backend));
+            let r = reference::soft_infonce(&cfg, z, targets, &req).unwrap();
+            let mut g = vec![T::from_f32(7.0); n * stride];
+            let mut gt = vec![T::from_f32(7.0); m * c];
+            let mut rows = vec![0.0f32; n];
+            let mut out = Outputs::new()
+                .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+                .row_losses(&mut rows);
+            if is_dense {
+                out = out.grad_targets(MatMut::new(&mut gt, m, c).unwrap());
+            }
+            if let Some(u) = up {
+                out = out.upstream(u);
+            }
+            let loss = cfg.compute(z, targets, out).unwrap();
+            let what = format!("soft-infonce/{name} {backend} n={n} m={m} c={c} t={t} {reduction:?}");
+            // Scores are sums of C products in f32: their error grows with the largest
+            // |u| = |z/t − log η| of the row (logits reach ±1e4 here), as in the f32 tests.
+            let delta: Vec<f64> = (0..n)
+                .map(|i| {
+                    let umax = (0..c)
+                        .map(|k| logits[i * stride + k].to_f64() / t as f64 + (c as f64).ln())
+                        .filter(|x| x.is_finite())
+                        .fold(0.0f64, |a, x| a.max(x.abs()));
+                    (c + m + 8) as f64 * f32::EPSILON as f64 * mass * (1.0 + umax)
+                })
+                .collect();
+            let row_tol = |i: usize, b: f64| 4.0 * delta[i] + rel * b.abs().max(1.0);
+            let loss_tol: f64 = (0..n).map(|i| row_tol(i, r.row_losses[i])).sum();
+            assert!(
+                close(loss as f64, r.loss, loss_tol),
+                "{what}: loss {loss} vs {}",
+                r.loss
+            );
+            for (i, (&a, &b)) in rows.iter().zip(&r.row_losses).enumerate() {
+                assert!(close(a as f64, b, row_tol(i, b)), "{what}: row {i}: {a} vs {b}");
+            }
+            let gscale = r
+                .grad_logits
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold(mass / t as f64, |m, v| m.max(v.abs()));
+            for (k, &b) in r.grad_logits.iter().enumerate() {
+                let (i, j) = (k / c, k % c);
+                let a = g[i * stride + j].to_f64();
+                let b = if T::from_f64(b).to_f64().is_infinite() {
+                    T::from_f64(b).to_f64()
+                } else {
+                    b
+                };
+                assert!(
+                    close(a, b, rel * gscale + u * b.abs() + abs),
+                    "{what}: grad[{i},{j}] {a} vs {b}"
+                );
+            }
+            if is_dense {
+                let tscale = r
+                    .grad_targets
+                    .iter()
+                    .filter(|v| v.is_finite())
+                    .fold(1.0f64, |m, v| m.max(v.abs()));
+                for (k, &b) in r.grad_targets.iter().enumerate() {
+                    let a = gt[k].to_f64();
+                    // Beyond the format's range (f16: 65504) the rounded value is ±∞.
+                    let b = if T::from_f64(b).to_f64().is_infinite() {
+                        T::from_f64(b).to_f64()
+                    } else {
+                        b
+                    };
+                    assert!(
+                        close(a, b, rel * tscale * n as f64 + u * b.abs() + abs),
+                        "{what}: grad_targets[{k}] {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(32),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn bf16_infonce_matches_reference_on_every_backend(case in case(), extra in 0usize..4) {
+        run_infonce::<bf16>(&case, extra);
+    }
+
+    #[test]
+    fn f16_infonce_matches_reference_on_every_backend(case in case(), extra in 0usize..4) {
+        run_infonce::<f16>(&case, extra);
     }
 }
