@@ -219,7 +219,18 @@ pub(crate) fn soft_infonce<T: Element>(
     outputs: Outputs<'_, T>,
 ) -> f32 {
     if !matches!(kind::<T>(), Kind::F32) && kernel_temperature_ok(cfg.get_temperature()) {
-        return soft_infonce_widened(isa, cfg, logits, targets, outputs);
+        let shape = (logits.rows(), logits.cols(), targets.rows());
+        return match (targets.structured(), kind::<T>()) {
+            (Some(s), Kind::Bf16) => {
+                let z = half::bf16::cast(logits.data()).expect("T is bf16");
+                structured_infonce(isa, cfg, (z, logits.stride()), shape, &s, outputs)
+            }
+            (Some(s), _) => {
+                let z = half::f16::cast(logits.data()).expect("T is f16");
+                structured_infonce(isa, cfg, (z, logits.stride()), shape, &s, outputs)
+            }
+            (None, _) => soft_infonce_widened(isa, cfg, logits, targets, outputs),
+        };
     }
     let dense = match targets {
         Targets::Dense(a) => T::as_f32_slice(a.data()).map(|d| (d, a.stride(), a.rows())),
@@ -347,9 +358,10 @@ fn narrow_into<T: Element>(src: &[f32], dst: MatMut<'_, T>) {
         });
 }
 
-/// Soft-target InfoNCE on `bf16`/`f16` data for now runs the `f32` kernels on widened copies
-/// of the logits and dense targets (`N × C` and `M × C` temporaries) and rounds the gradients
-/// once at the end; the InfoNCE kernels do not convert in their loads yet.
+/// Soft-target InfoNCE with dense targets on `bf16`/`f16` data for now runs the `f32` kernels
+/// on widened copies of the logits and targets (`N × C` and `M × C` temporaries) and rounds
+/// the gradients once at the end: the dense kernel does not convert in its loads yet (the
+/// structured one does).
 fn soft_infonce_widened<T: Element>(
     isa: Isa,
     cfg: &SoftInfoNce<'_>,
@@ -405,13 +417,13 @@ fn soft_infonce_widened<T: Element>(
 }
 
 /// One block of structured InfoNCE rows: its index, its losses, its gradient rows and stride.
-type SnceWork<'a> = (usize, (&'a mut [f32], Option<(&'a mut [f32], usize)>));
+type SnceWork<'a, E> = (usize, (&'a mut [f32], Option<(&'a mut [E], usize)>));
 
 /// Soft-target InfoNCE on structured targets (gathers; see `kernels::infonce_structured`).
-fn structured_infonce<T: Element>(
+fn structured_infonce<T: Element, E: KElem>(
     isa: Isa,
     cfg: &SoftInfoNce<'_>,
-    logits: (&[f32], usize),
+    logits: (&[E], usize),
     shape: (usize, usize, usize),
     s: &Structured<'_>,
     outputs: Outputs<'_, T>,
@@ -433,11 +445,11 @@ fn structured_infonce<T: Element>(
     };
     let mut loss = vec![0.0f32; n];
     let rows_per_block = 16usize;
-    let grad = f32_rows(outputs.grad_logits);
+    let grad = elem_rows::<T, E>(outputs.grad_logits);
     let blocks: Vec<&mut [f32]> = loss.chunks_mut(rows_per_block).collect();
     let gblocks = grad_blocks(grad, rows_per_block, blocks.len());
     let work: Vec<_> = blocks.into_iter().zip(gblocks).enumerate().collect();
-    let run = |(b, (l, g)): SnceWork<'_>| {
+    let run = |(b, (l, g)): SnceWork<'_, E>| {
         let r0 = b * rows_per_block;
         snce_block(isa, &p, r0..r0 + l.len(), l, g)
     };
@@ -549,11 +561,11 @@ fn f32_rows<T: Element>(g: Option<MatMut<'_, T>>) -> Option<(&mut [f32], usize)>
 
 /// Splits gradient rows into `nblocks` blocks of `rows_per_block` rows (`None` for each block
 /// when no gradient is requested).
-fn grad_blocks(
-    grad: Option<(&mut [f32], usize)>,
+fn grad_blocks<E>(
+    grad: Option<(&mut [E], usize)>,
     rows_per_block: usize,
     nblocks: usize,
-) -> Vec<Option<(&mut [f32], usize)>> {
+) -> Vec<Option<(&mut [E], usize)>> {
     let mut blocks: Vec<_> = match grad {
         Some((g, stride)) => g
             .chunks_mut(rows_per_block * stride)

@@ -371,14 +371,17 @@ fn run_infonce<T: Element>(case: &Case, extra: usize) {
             let what = format!("soft-infonce/{name} {backend} n={n} m={m} c={c} t={t} {reduction:?}");
             // Scores are sums of C products in f32: their error grows with the largest
             // |u| = |z/t − log η| of the row (logits reach ±1e4 here), as in the f32 tests.
-            let delta: Vec<f64> = (0..n)
+            let umax: Vec<f64> = (0..n)
                 .map(|i| {
-                    let umax = (0..c)
+                    (0..c)
                         .map(|k| logits[i * stride + k].to_f64() / t as f64 + (c as f64).ln())
                         .filter(|x| x.is_finite())
-                        .fold(0.0f64, |a, x| a.max(x.abs()));
-                    (c + m + 8) as f64 * f32::EPSILON as f64 * mass * (1.0 + umax)
+                        .fold(0.0f64, |a, x| a.max(x.abs()))
                 })
+                .collect();
+            let delta: Vec<f64> = umax
+                .iter()
+                .map(|&u| (c + m + 8) as f64 * f32::EPSILON as f64 * mass * (1.0 + u))
                 .collect();
             let row_tol = |i: usize, b: f64| 4.0 * delta[i] + rel * b.abs().max(1.0);
             let loss_tol: f64 = (0..n).map(|i| row_tol(i, r.row_losses[i])).sum();
@@ -422,8 +425,21 @@ fn run_infonce<T: Element>(case: &Case, extra: usize) {
                     } else {
                         b
                     };
+                    // Σ_i scale_i (P_ij − [j = pos]) u_i: each term carries the probability
+                    // error of its scores times |u_i| (as in the fuzz target's bound).
+                    let eps = f32::EPSILON as f64;
+                    let prop: f64 = (0..n)
+                        .map(|i| {
+                            let sc = match reduction {
+                                Reduction::Mean => 1.0 / n as f64,
+                                Reduction::Sum => 1.0,
+                                Reduction::None => (case.upstream[i] as f64).abs(),
+                            };
+                            sc * umax[i] * (4.0 * delta[i] + (n + 4) as f64 * eps)
+                        })
+                        .sum();
                     assert!(
-                        close(a, b, rel * tscale * n as f64 + u * b.abs() + abs),
+                        close(a, b, prop + rel * tscale * n as f64 + u * b.abs() + abs),
                         "{what}: grad_targets[{k}] {a} vs {b}"
                     );
                 }
@@ -448,4 +464,57 @@ proptest! {
     fn f16_infonce_matches_reference_on_every_backend(case in case(), extra in 0usize..4) {
         run_infonce::<f16>(&case, extra);
     }
+}
+
+/// Structured InfoNCE converts inside its kernel: on several full lane groups (37 rows over
+/// 1000 classes, padded stride) a half-precision call computes exactly what the `f32` call
+/// computes on the widened values, rounded once: losses equal, gradients equal after
+/// rounding the `f32` gradient.
+#[test]
+fn structured_infonce_half_is_the_f32_result_rounded_once() {
+    fn check<T: Element>() {
+        let (n, c, stride) = (37usize, 1000usize, 1003usize);
+        let logits: Vec<T> = (0..n * stride)
+            .map(|k| T::from_f32(((k * 7919) % 1000) as f32 / 125.0 - 4.0))
+            .collect();
+        let wide: Vec<f32> = logits.iter().map(|v| v.to_f32()).collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| (i * 37) % c as u32).collect();
+        let partner: Vec<u32> = labels.iter().rev().copied().collect();
+        for backend in available_backends() {
+            let cfg = softnce::SoftInfoNce::new()
+                .temperature(0.5)
+                .backend(Some(backend));
+            let t_h = Targets::<T>::mixed(&labels, &partner, RowParam::Batch(0.7), 0.1);
+            let t_f = Targets::<f32>::mixed(&labels, &partner, RowParam::Batch(0.7), 0.1);
+            let (mut gh, mut gf) = (vec![T::from_f32(0.0); n * c], vec![0.0f32; n * c]);
+            let (mut rh, mut rf) = (vec![0.0f32; n], vec![0.0f32; n]);
+            let zh = MatRef::with_stride(&logits, n, c, stride).unwrap();
+            let zf = MatRef::with_stride(&wide, n, c, stride).unwrap();
+            let lh = cfg
+                .compute(
+                    zh,
+                    &t_h,
+                    Outputs::new()
+                        .grad_logits(MatMut::new(&mut gh, n, c).unwrap())
+                        .row_losses(&mut rh),
+                )
+                .unwrap();
+            let lf = cfg
+                .compute(
+                    zf,
+                    &t_f,
+                    Outputs::new()
+                        .grad_logits(MatMut::new(&mut gf, n, c).unwrap())
+                        .row_losses(&mut rf),
+                )
+                .unwrap();
+            assert_eq!(lh, lf, "{backend}: loss");
+            assert_eq!(rh, rf, "{backend}: row losses");
+            for (k, (&h, &f)) in gh.iter().zip(&gf).enumerate() {
+                assert_eq!(h, T::from_f32(f), "{backend}: grad[{k}]");
+            }
+        }
+    }
+    check::<bf16>();
+    check::<f16>();
 }

@@ -21,7 +21,8 @@
 //! probabilities).
 
 use super::cross_entropy::RowScale;
-use super::infonce::{dot, exp_shift, mul0, scaled_shift};
+use super::elem::KElem;
+use super::infonce::{dot, exp_shift, mul0};
 use super::stamp;
 use crate::simd::F32x;
 
@@ -91,8 +92,8 @@ impl FlatTargets {
 }
 
 /// A validated structured InfoNCE problem on `f32` logits.
-pub(crate) struct SnceProblem<'a> {
-    pub z: &'a [f32],
+pub(crate) struct SnceProblem<'a, E = f32> {
+    pub z: &'a [E],
     pub z_stride: usize,
     pub c: usize,
     pub inv_t: f32,
@@ -115,11 +116,11 @@ pub(crate) struct SnceProblem<'a> {
 /// # Safety
 /// `V`'s CPU requirement; the problem was validated (entry classes `< C`, positives `< M`).
 #[inline(always)]
-unsafe fn snce_block_generic<V: F32x>(
-    p: &SnceProblem<'_>,
+unsafe fn snce_block_generic<V: F32x, E: KElem>(
+    p: &SnceProblem<'_, E>,
     rows: std::ops::Range<usize>,
     loss: &mut [f32],
-    mut grad: Option<(&mut [f32], usize)>,
+    mut grad: Option<(&mut [E], usize)>,
 ) -> f64 {
     let (c, l) = (p.c, V::LANES);
     let t = p.targets;
@@ -131,14 +132,16 @@ unsafe fn snce_block_generic<V: F32x>(
     let (st, rest) = rest.split_at_mut(m * l);
     let (g_row, rest) = rest.split_at_mut(c);
     let s_row = &mut rest[..m];
-    // Destination of the transposed gradient for lanes without a row.
-    let mut sink = [0.0f32; 16];
+    // Destination of the transposed gradient for lanes without a row, and the widened block
+    // of a transpose when the element type is not f32.
+    let mut sink = [E::from_f32(0.0); 16];
+    let mut wide = [0.0f32; 256];
     let c_full = c - c % l;
     let mut i0 = rows.start;
     while i0 < rows.end {
         let r = l.min(rows.end - i0);
         // Lanes `r..l` re-read the group's first row; their results are dropped.
-        let mut z_rows: [&[f32]; 16] = [&p.z[i0 * p.z_stride..i0 * p.z_stride + c]; 16];
+        let mut z_rows: [&[E]; 16] = [&p.z[i0 * p.z_stride..i0 * p.z_stride + c]; 16];
         for (q, zr) in z_rows.iter_mut().enumerate().take(r) {
             *zr = &p.z[(i0 + q) * p.z_stride..(i0 + q) * p.z_stride + c];
         }
@@ -156,14 +159,20 @@ unsafe fn snce_block_generic<V: F32x>(
             let mut dst = [std::ptr::null_mut::<f32>(); 16];
             for cl in (0..c_full).step_by(l) {
                 for q in 0..l {
-                    src[q] = z_rows[q].as_ptr().add(cl);
+                    src[q] = if E::IS_F32 {
+                        // (E is f32: the cast is the identity.)
+                        z_rows[q].as_ptr().add(cl).cast()
+                    } else {
+                        E::load::<V>(z_rows[q].as_ptr().add(cl)).store(wide.as_mut_ptr().add(q * l));
+                        wide.as_ptr().add(q * l)
+                    };
                     dst[q] = gt.as_mut_ptr().add((cl + q) * l);
                 }
                 V::transpose(&src, &dst);
             }
             for cl in c_full..c {
                 for (q, zr) in z_rows.iter().enumerate().take(l) {
-                    *gt.get_unchecked_mut(cl * l + q) = *zr.get_unchecked(cl);
+                    *gt.get_unchecked_mut(cl * l + q) = zr.get_unchecked(cl).to_f32();
                 }
             }
             let (mut bad, mut part) = (zero, zero);
@@ -249,6 +258,13 @@ unsafe fn snce_block_generic<V: F32x>(
                     }
                     acc.fma(kp, basev).store(gt.as_mut_ptr().add(cl * l));
                 }
+                // The positive's entries last, in f32, before the one rounding.
+                for (q, &kq) in kl.iter().enumerate().take(r) {
+                    let (pcls, pw) = t.entries(p.p0 + i0 + q);
+                    for (&pc, &wk) in pcls.iter().zip(pw) {
+                        *gt.get_unchecked_mut(pc as usize * l + q) -= kq * wk;
+                    }
+                }
                 let base_ptr = buf.as_mut_ptr();
                 let mut out_rows = [sink.as_mut_ptr(); 16];
                 for (q, o) in out_rows.iter_mut().enumerate().take(r) {
@@ -257,19 +273,24 @@ unsafe fn snce_block_generic<V: F32x>(
                 for cl in (0..c_full).step_by(l) {
                     for k in 0..l {
                         src[k] = gt.as_ptr().add((cl + k) * l);
-                        dst[k] = if k < r { out_rows[k].add(cl) } else { out_rows[k] };
+                        dst[k] = if E::IS_F32 {
+                            // (E is f32: the cast is the identity.)
+                            (if k < r { out_rows[k].add(cl) } else { out_rows[k] }).cast()
+                        } else {
+                            wide.as_mut_ptr().add(k * l)
+                        };
                     }
                     V::transpose(&src, &dst);
-                }
-                for q in 0..r {
-                    let out = std::slice::from_raw_parts_mut(out_rows[q], c);
-                    for (cl, o) in out.iter_mut().enumerate().skip(c_full) {
-                        *o = *gt.get_unchecked(cl * l + q);
+                    if !E::IS_F32 {
+                        for (q, &o) in out_rows.iter().enumerate().take(r) {
+                            E::store::<V>(V::load(wide.as_ptr().add(q * l)), o.add(cl));
+                        }
                     }
-                    // The positive's entries last, in f32.
-                    let (pcls, pw) = t.entries(p.p0 + i0 + q);
-                    for (&pc, &wk) in pcls.iter().zip(pw) {
-                        out[pc as usize] -= kl[q] * wk;
+                }
+                for (q, &o) in out_rows.iter().enumerate().take(r) {
+                    let out = std::slice::from_raw_parts_mut(o, c);
+                    for (cl, o) in out.iter_mut().enumerate().skip(c_full) {
+                        *o = E::from_f32(*gt.get_unchecked(cl * l + q));
                     }
                 }
             }
@@ -278,7 +299,7 @@ unsafe fn snce_block_generic<V: F32x>(
                 let out = grad
                     .as_mut()
                     .map(|(buf, stride)| &mut buf[(i - r0) * *stride..(i - r0) * *stride + c]);
-                let row_loss = snce_row::<V>(p, i, g_row, s_row, out);
+                let row_loss = snce_row::<V, E>(p, i, g_row, s_row, out);
                 loss[i - r0] = row_loss;
                 total += row_loss as f64;
             }
@@ -296,21 +317,23 @@ unsafe fn snce_block_generic<V: F32x>(
 /// # Safety
 /// `V`'s CPU requirement; the problem was validated; `g` holds `C` floats and `s` `M`.
 #[inline(always)]
-unsafe fn snce_row<V: F32x>(
-    p: &SnceProblem<'_>,
+unsafe fn snce_row<V: F32x, E: KElem>(
+    p: &SnceProblem<'_, E>,
     i: usize,
     g: &mut [f32],
     s: &mut [f32],
-    out: Option<&mut [f32]>,
+    out: Option<&mut [E]>,
 ) -> f32 {
     let c = p.c;
     let t = p.targets;
     let z = &p.z[i * p.z_stride..i * p.z_stride + c];
     let k = p.scale.get(i) * p.inv_t;
     let pos = p.p0 + i;
-    if z.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
+    if z.iter()
+        .any(|x| x.to_f32().is_nan() || x.to_f32() == f32::INFINITY)
+    {
         if let Some(out) = out {
-            out.fill(f32::NAN);
+            out.fill(E::from_f32(f32::NAN));
         }
         return f32::NAN;
     }
@@ -318,7 +341,9 @@ unsafe fn snce_row<V: F32x>(
     // entry classes are below `c` (validated), `start` has `m + 1` offsets into `class`
     // and `weight`, so the unchecked accesses are in bounds.
     let (row_loss, sum, mx) = unsafe {
-        scaled_shift::<V>(z, p.inv_t, p.log_eta, g);
+        for ((gk, zk), &le) in g.iter_mut().zip(z).zip(p.log_eta) {
+            *gk = zk.to_f32() * p.inv_t - le;
+        }
         let big_g = g.iter().map(|&x| x as f64).sum::<f64>() as f32;
         for (j, sj) in s.iter_mut().enumerate() {
             let (cls, w) = t.entries(j);
@@ -338,7 +363,9 @@ unsafe fn snce_row<V: F32x>(
             ((mx - s_pos) + sum.ln(), sum, mx)
         }
     };
-    if let Some(out) = out {
+    if let Some(out_e) = out {
+        // The gradient row in f32 (`g` is free again), rounded once at the end.
+        let out = &mut *g;
         let (pcls, pw) = t.entries(pos);
         if mx == f32::NEG_INFINITY {
             // No finite candidate: all probabilities are zero.
@@ -365,16 +392,19 @@ unsafe fn snce_row<V: F32x>(
         for (&cl, &wk) in pcls.iter().zip(pw) {
             out[cl as usize] -= k * wk;
         }
+        for (o, &v) in out_e.iter_mut().zip(out.iter()) {
+            *o = E::from_f32(v);
+        }
     }
     row_loss
 }
 
 stamp! {
     /// Rows of a structured InfoNCE problem on the backend `isa`; returns the sum of losses.
-    pub(crate) fn snce_block(
-        p: &SnceProblem<'_>,
+    pub(crate) fn snce_block<E: KElem>(
+        p: &SnceProblem<'_, E>,
         rows: std::ops::Range<usize>,
         loss: &mut [f32],
-        grad: Option<(&mut [f32], usize)>,
+        grad: Option<(&mut [E], usize)>,
     ) -> f64 = snce_block_generic;
 }
