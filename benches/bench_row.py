@@ -7,6 +7,10 @@ d = json.loads(sys.stdin.read())
 name = d["loss_kind"] + " / " + d["targets"]
 if d["targets"] == "dense" and not d["checked_targets"]:
     name += " (check_targets off)"
+if d.get("densified"):
+    name += " (densified)"
+if d.get("dtype", "f32") != "f32":
+    name += ", " + d["dtype"]
 shape = "{} x {}".format(d["n"], d["c"]) if d["loss_kind"] != "soft-infonce" else "{} x {} x {}".format(d["n"], d["m"], d["c"])
 ms = d["median_ms"]
 t = "{:.1f} ms".format(ms) if ms >= 1 else "{:.0f} us".format(ms * 1000)

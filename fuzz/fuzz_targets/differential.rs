@@ -10,7 +10,9 @@
 //! for a length-`C` sum in any order, `ε = 2⁻²³`), and a log-sum-exp over `M` scores adds
 //! `M·ε`. With `W` the largest target mass and `U_i` the largest finite `|u_ic|` of row `i`:
 //!
-//! * `δ_i = (C + M + 8)·ε·W·(1 + U_i)` bounds the error of any score of row `i`;
+//! * `δ_i = ((C + 8)·W·(1 + U_i) + M + 8)·ε` bounds the error of any score of row `i`
+//!   relative to its log-sum-exp (the second term is the sum over `M` candidates, which
+//!   does not shrink with the target mass);
 //! * a row loss may differ by `4·δ_i + 1e-5·(1 + |l_i|)`;
 //! * a gradient element of row `i` by `k_i·W·(4·δ_i + 32·ε)` (`k_i` the row's scale over `t`);
 //! * an InfoNCE target-gradient element by `Σ_i |scale_i|·U_i·(4·δ_i + (N + 4)·ε)`.
@@ -107,13 +109,16 @@ struct Scales {
     u_max: Vec<f64>,
     /// Per row: the factor of the gradient row (`1/(N t)`, `1/t` or `|dl_i|/t`).
     k: Vec<f64>,
-    /// `C + M + 8` (the summation lengths of one score and one log-sum-exp).
+    /// `C + 8`, the summation length of one score.
     len: f64,
+    /// `M + 8`, the summation length of one log-sum-exp (`8` for cross-entropy: its
+    /// log-sum-exp runs over the `C` classes already counted in `len`).
+    lse_len: f64,
 }
 
 impl Scales {
     fn delta(&self, i: usize) -> f64 {
-        self.len * EPS * self.mass * (1.0 + self.u_max[i])
+        (self.len * self.mass * (1.0 + self.u_max[i]) + self.lse_len) * EPS
     }
     fn row_tol(&self, i: usize, want: f64) -> f64 {
         4.0 * self.delta(i) + 1e-5 * (1.0 + want.abs())
@@ -250,7 +255,13 @@ fuzz_target!(|data: &[u8]| {
         let is_dense = *name == "dense";
         let req_nce = Request { grad_targets: is_dense, ..req };
         let want = reference::soft_infonce(&cfg, z, targets, &req_nce).unwrap();
-        let s = Scales { mass: mass.max(1e-30), u_max: u_max(true), k: k.clone(), len: (c + m + 8) as f64 };
+        let s = Scales {
+            mass: mass.max(1e-30),
+            u_max: u_max(true),
+            k: k.clone(),
+            len: (c + 8) as f64,
+            lse_len: (m + 8) as f64,
+        };
         for &backend in &backends {
             grad.fill(7.0);
             rows.fill(7.0);
@@ -296,7 +307,13 @@ fuzz_target!(|data: &[u8]| {
         };
         let cfg = SoftCrossEntropy::new().temperature(t).reduction(reduction);
         let want = reference::soft_cross_entropy(&cfg, z, &ce_targets, &req).unwrap();
-        let s = Scales { mass: mass.max(1e-30), u_max: u_max(false), k: k.clone(), len: (c + 8) as f64 };
+        let s = Scales {
+            mass: mass.max(1e-30),
+            u_max: u_max(false),
+            k: k.clone(),
+            len: (c + 8) as f64,
+            lse_len: (c + 8) as f64,
+        };
         for &backend in &backends {
             grad.fill(7.0);
             rows.fill(7.0);
@@ -321,7 +338,13 @@ fuzz_target!(|data: &[u8]| {
             _ => k[i],
         })
         .collect();
-    let s = Scales { mass: 1.0, u_max: u_max(false), k: k_hard, len: (c + 8) as f64 };
+    let s = Scales {
+        mass: 1.0,
+        u_max: u_max(false),
+        k: k_hard,
+        len: (c + 8) as f64,
+        lse_len: (c + 8) as f64,
+    };
     for &backend in &backends {
         grad.fill(7.0);
         rows.fill(7.0);
