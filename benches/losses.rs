@@ -1,6 +1,6 @@
 //! Criterion benchmarks (wall-clock) of the public loss calls: loss + gradient with respect to
-//! the logits, `f32`, mean reduction, on rayon's global pool (every core; set
-//! `RAYON_NUM_THREADS` to change that).
+//! the logits, `f32` (`bf16`/`f16` in the `half_*` groups), mean reduction, on rayon's global
+//! pool (every core; set `RAYON_NUM_THREADS` to change that).
 //!
 //! ```text
 //! cargo bench --bench losses                                   # everything (≈ 10 min, 2 cores)
@@ -21,6 +21,7 @@
 //! |---|---|---|
 //! | `cross_entropy` | `soft_ce_dense`, `soft_ce_hard`, `soft_ce_mixed`, `soft_ce_sparse`, `hard_ce` | `NxC`: 256x100, 256x1000, 1024x1000, 4096x1000, 1024x10000, 4096x32000 |
 //! | `soft_infonce` | `dense`, `hard`, `mixed`, `sparse` (M = N) | `NxMxC`: 256x256x1000, 1024x1024x1000, 4096x4096x1000, 1024x1024x10000 |
+//! | `half_bf16`, `half_f16` | `soft_ce_dense`, `hard_ce`, `soft_infonce_dense`, `soft_infonce_mixed` on that type's logits, targets and gradients | the shapes above |
 //!
 //! and `<backend>` runs over every backend this CPU has (`softnce::available_backends()`,
 //! forced per call with `.backend(Some(b))`), or over the comma-separated list in the
@@ -57,8 +58,8 @@ use criterion::{
 };
 use rayon::prelude::*;
 use softnce::{
-    available_backends, Backend, HardCrossEntropy, MatMut, MatRef, RowParam, SoftCrossEntropy, SoftInfoNce,
-    SparseTargets, Targets,
+    available_backends, Backend, Element, HardCrossEntropy, MatMut, MatRef, RowParam, SoftCrossEntropy,
+    SoftInfoNce, SparseTargets, Targets,
 };
 use std::hint::black_box;
 use std::time::Duration;
@@ -326,5 +327,94 @@ fn soft_infonce(cr: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cross_entropy, soft_infonce);
+/// `bf16` / `f16` copies of a shape's logits and dense targets, its labels, and a gradient
+/// buffer of the same type.
+struct HalfData<T> {
+    logits: Vec<T>,
+    dense: Vec<T>,
+    labels: Vec<u32>,
+    partner: Vec<u32>,
+    grad: Vec<T>,
+}
+
+impl<T: Element> HalfData<T> {
+    fn new(n: usize, m: usize, c: usize) -> HalfData<T> {
+        let d = Data::new(n, m, c);
+        let conv = |v: &[f32]| -> Vec<T> { v.par_iter().map(|&x| T::from_f32(x)).collect() };
+        HalfData {
+            logits: conv(&d.logits),
+            dense: conv(&d.dense),
+            labels: d.labels,
+            partner: d.partner,
+            grad: conv(&d.grad),
+        }
+    }
+}
+
+/// Half-precision inputs and gradients (`half_<dtype>/<kernel>/<backend>/<shape>`): soft CE on
+/// dense targets and hard CE at the cross-entropy shapes, soft InfoNCE on dense and MixUp
+/// targets at the InfoNCE shapes. Throughput as in the `f32` groups.
+fn half_precision<T: Element>(cr: &mut Criterion, dtype: &str) {
+    let mut group = cr.benchmark_group(format!("half_{dtype}"));
+    let backends = backends();
+    for (n, c) in grid(CE_SHAPES) {
+        let mut data: Option<HalfData<T>> = None;
+        let shape = format!("{n}x{c}");
+        group.throughput(Throughput::Elements((n * c) as u64));
+        for &backend in &backends {
+            configure(&mut group, cost_seconds(None, backend, n, n, c));
+            let id = BenchmarkId::new(format!("soft_ce_dense/{backend}"), &shape);
+            group.bench_function(id, |b| {
+                let d = data.get_or_insert_with(|| HalfData::new(n, n, c));
+                let z = MatRef::new(&d.logits, n, c).unwrap();
+                let t = Targets::Dense(MatRef::new(&d.dense, n, c).unwrap());
+                let mut g = MatMut::new(&mut d.grad, n, c).unwrap();
+                let cfg = SoftCrossEntropy::new().backend(Some(backend));
+                b.iter(|| cfg.loss_and_grad(black_box(z), &t, g.reborrow()).unwrap())
+            });
+            let id = BenchmarkId::new(format!("hard_ce/{backend}"), &shape);
+            group.bench_function(id, |b| {
+                let d = data.get_or_insert_with(|| HalfData::new(n, n, c));
+                let z = MatRef::new(&d.logits, n, c).unwrap();
+                let mut g = MatMut::new(&mut d.grad, n, c).unwrap();
+                let cfg = HardCrossEntropy::new().smoothing(EPS).backend(Some(backend));
+                b.iter(|| {
+                    cfg.loss_and_grad(black_box(z), &d.labels[..n], g.reborrow())
+                        .unwrap()
+                })
+            });
+        }
+    }
+    for (n, c) in grid(NCE_SHAPES) {
+        let m = n;
+        let mut data: Option<HalfData<T>> = None;
+        let shape = format!("{n}x{m}x{c}");
+        group.throughput(Throughput::Elements((n * m * c) as u64));
+        for &backend in &backends {
+            for form in [Form::Dense, Form::Mixed] {
+                configure(&mut group, cost_seconds(Some(form), backend, n, m, c));
+                let id = BenchmarkId::new(format!("soft_infonce_{}/{backend}", form.name()), &shape);
+                group.bench_function(id, |b| {
+                    let d = data.get_or_insert_with(|| HalfData::new(n, m, c));
+                    let z = MatRef::new(&d.logits, n, c).unwrap();
+                    let t = match form {
+                        Form::Dense => Targets::Dense(MatRef::new(&d.dense, m, c).unwrap()),
+                        _ => Targets::mixed(&d.labels, &d.partner, RowParam::Batch(LAMBDA), EPS),
+                    };
+                    let mut g = MatMut::new(&mut d.grad, n, c).unwrap();
+                    let cfg = SoftInfoNce::new().backend(Some(backend));
+                    b.iter(|| cfg.loss_and_grad(black_box(z), &t, g.reborrow()).unwrap())
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+fn half(cr: &mut Criterion) {
+    half_precision::<half::bf16>(cr, "bf16");
+    half_precision::<half::f16>(cr, "f16");
+}
+
+criterion_group!(benches, cross_entropy, soft_infonce, half);
 criterion_main!(benches);
