@@ -218,29 +218,24 @@ pub(crate) fn soft_infonce<T: Element>(
     targets: &Targets<'_, T>,
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    if !matches!(kind::<T>(), Kind::F32) && kernel_temperature_ok(cfg.get_temperature()) {
-        let shape = (logits.rows(), logits.cols(), targets.rows());
-        return match (targets.structured(), kind::<T>()) {
-            (Some(s), Kind::Bf16) => {
-                let z = half::bf16::cast(logits.data()).expect("T is bf16");
-                structured_infonce(isa, cfg, (z, logits.stride()), shape, &s, outputs)
-            }
-            (Some(s), _) => {
-                let z = half::f16::cast(logits.data()).expect("T is f16");
-                structured_infonce(isa, cfg, (z, logits.stride()), shape, &s, outputs)
-            }
-            (None, _) => soft_infonce_widened(isa, cfg, logits, targets, outputs),
-        };
+    if kernel_temperature_ok(cfg.get_temperature()) {
+        if let Some(st) = targets.structured() {
+            let m = targets.rows();
+            return match kind::<T>() {
+                Kind::F32 => structured_infonce::<T, f32>(isa, cfg, logits, m, &st, outputs),
+                Kind::Bf16 => structured_infonce::<T, half::bf16>(isa, cfg, logits, m, &st, outputs),
+                Kind::F16 => structured_infonce::<T, half::f16>(isa, cfg, logits, m, &st, outputs),
+            };
+        }
+        if let (Targets::Dense(a), false) = (targets, matches!(kind::<T>(), Kind::F32)) {
+            return soft_infonce_widened(isa, cfg, logits, *a, outputs);
+        }
     }
     let dense = match targets {
-        Targets::Dense(a) => T::as_f32_slice(a.data()).map(|d| (d, a.stride(), a.rows())),
+        Targets::Dense(a) => f32::cast(a.data()).map(|d| (d, a.stride(), a.rows())),
         _ => None,
     };
-    let z = T::as_f32_slice(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
-    if let (Some(z), Some(s)) = (z, targets.structured()) {
-        let shape = (logits.rows(), logits.cols(), targets.rows());
-        return structured_infonce(isa, cfg, (z, logits.stride()), shape, &s, outputs);
-    }
+    let z = f32::cast(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
     let (Some(z), Some((a, a_stride, m))) = (z, dense) else {
         let r = reference::soft_infonce(cfg, logits, targets, &request(&outputs))
             .expect("inputs were validated before dispatch");
@@ -274,7 +269,7 @@ pub(crate) fn soft_infonce<T: Element>(
     let mut loss = vec![0.0f32; n];
     let mut lse = vec![0.0f32; n];
     let rows_per_block = infonce_rows_per_block(n);
-    let grad = f32_rows(outputs.grad_logits);
+    let grad = elem_rows::<T, f32>(outputs.grad_logits);
     let total: f64 = {
         let blocks: Vec<_> = loss
             .chunks_mut(rows_per_block)
@@ -295,7 +290,7 @@ pub(crate) fn soft_infonce<T: Element>(
     };
     if let Some(gt) = outputs.grad_targets {
         let (data, rows, _, stride) = gt.into_parts();
-        let out = T::as_f32_slice_mut(data).expect("f32 path");
+        let out = f32::cast_mut(data).expect("f32 path");
         let finite = |i: usize| {
             z[i * p.z_stride..i * p.z_stride + c]
                 .iter()
@@ -366,31 +361,13 @@ fn soft_infonce_widened<T: Element>(
     isa: Isa,
     cfg: &SoftInfoNce<'_>,
     logits: MatRef<'_, T>,
-    targets: &Targets<'_, T>,
+    targets: MatRef<'_, T>,
     outputs: Outputs<'_, T>,
 ) -> f32 {
     let (n, c, m) = (logits.rows(), logits.cols(), targets.rows());
     let z = widen(logits);
-    let dense = match targets {
-        Targets::Dense(a) => widen(*a),
-        _ => Vec::new(),
-    };
-    let targets32: Targets<'_, f32> = match *targets {
-        Targets::Dense(_) => Targets::Dense(MatRef::new(&dense, m, c).expect("same shape")),
-        Targets::Hard { labels, smoothing } => Targets::Hard { labels, smoothing },
-        Targets::Mixed {
-            a,
-            b,
-            lambda,
-            smoothing,
-        } => Targets::Mixed {
-            a,
-            b,
-            lambda,
-            smoothing,
-        },
-        Targets::Sparse(sp) => Targets::Sparse(sp),
-    };
+    let dense = widen(targets);
+    let targets32 = Targets::Dense(MatRef::new(&dense, m, c).expect("same shape"));
     let mut g = vec![0.0f32; if outputs.grad_logits.is_some() { n * c } else { 0 }];
     let mut gt = vec![0.0f32; if outputs.grad_targets.is_some() { m * c } else { 0 }];
     let out32 = Outputs {
@@ -420,16 +397,17 @@ fn soft_infonce_widened<T: Element>(
 type SnceWork<'a, E> = (usize, (&'a mut [f32], Option<(&'a mut [E], usize)>));
 
 /// Soft-target InfoNCE on structured targets (gathers; see `kernels::infonce_structured`).
+/// `E` is the caller's element type `T`; `m` the number of target rows.
 fn structured_infonce<T: Element, E: KElem>(
     isa: Isa,
     cfg: &SoftInfoNce<'_>,
-    logits: (&[E], usize),
-    shape: (usize, usize, usize),
+    logits: MatRef<'_, T>,
+    m: usize,
     s: &Structured<'_>,
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    let (z, z_stride) = logits;
-    let (n, c, m) = shape;
+    let z = E::cast(logits.data()).expect("E is the caller's element type");
+    let (n, c, z_stride) = (logits.rows(), logits.cols(), logits.stride());
     let log_eta: Vec<f32> = cfg.log_noise_f64(c).iter().map(|&v| v as f32).collect();
     let flat = FlatTargets::new(s, m, c);
     let reduction = cfg.get_reduction();
@@ -496,18 +474,54 @@ fn infonce_rows_per_block(n: usize) -> usize {
     n.div_ceil(2).div_ceil(8).clamp(1, 256) * 8
 }
 
-/// Runs a cross-entropy problem on the kernels; `count` is the mean's denominator.
-fn run_ce<T: Element, E: KElem>(
+/// Runs a cross-entropy problem on the kernels in the caller's element type; `count` is the
+/// mean's denominator.
+fn run_ce<T: Element>(
     isa: Isa,
-    p: CeProblem<'_, E>,
-    n: usize,
+    logits: MatRef<'_, T>,
+    t: f32,
+    targets: CeTargets<'_, T>,
+    (reduction, count): (Reduction, usize),
     outputs: Outputs<'_, T>,
-    reduction: Reduction,
-    count: usize,
 ) -> f32 {
+    match kind::<T>() {
+        Kind::F32 => ce_on::<T, f32>(isa, logits, t, targets, (reduction, count), outputs),
+        Kind::Bf16 => ce_on::<T, half::bf16>(isa, logits, t, targets, (reduction, count), outputs),
+        Kind::F16 => ce_on::<T, half::f16>(isa, logits, t, targets, (reduction, count), outputs),
+    }
+}
+
+/// [`run_ce`] with `E` the caller's element type `T`.
+fn ce_on<T: Element, E: KElem>(
+    isa: Isa,
+    logits: MatRef<'_, T>,
+    t: f32,
+    targets: CeTargets<'_, T>,
+    (reduction, count): (Reduction, usize),
+    outputs: Outputs<'_, T>,
+) -> f32 {
+    fn cast<T: Element, E: KElem>(d: &[T]) -> &[E] {
+        E::cast(d).expect("E is the caller's element type")
+    }
+    let (n, c) = (logits.rows(), logits.cols());
+    let p = CeProblem {
+        z: cast::<T, E>(logits.data()),
+        z_stride: logits.stride(),
+        c,
+        t,
+        targets: match targets {
+            CeTargets::Dense { a, stride } => CeTargets::Dense {
+                a: cast::<T, E>(a),
+                stride,
+            },
+            CeTargets::Structured { s, ignore } => CeTargets::Structured { s, ignore },
+        },
+        scale: row_scale(reduction, count, outputs.upstream),
+        stream: stream_gradient(n, c),
+    };
     let grad = elem_rows::<T, E>(outputs.grad_logits);
     let g_stride = grad.as_ref().map_or(0, |g| g.1);
-    let total = for_row_blocks(n, p.c, grad, outputs.row_losses, |blk| {
+    let total = for_row_blocks(n, c, grad, outputs.row_losses, |blk| {
         ce_block(isa, &p, g_stride, blk)
     });
     reduced(reduction, total, count)
@@ -546,17 +560,6 @@ const STREAM_MIN_BYTES: usize = 64 << 20;
 
 fn stream_gradient(n: usize, c: usize) -> bool {
     n.saturating_mul(c).saturating_mul(4) >= STREAM_MIN_BYTES
-}
-
-/// The gradient output as `f32` data and its row stride (the kernels' path is `f32` only).
-fn f32_rows<T: Element>(g: Option<MatMut<'_, T>>) -> Option<(&mut [f32], usize)> {
-    g.map(|g| {
-        let (data, _, _, stride) = g.into_parts();
-        (
-            T::as_f32_slice_mut(data).expect("the kernels' path is taken for f32 only"),
-            stride,
-        )
-    })
 }
 
 /// Splits gradient rows into `nblocks` blocks of `rows_per_block` rows (`None` for each block
@@ -600,30 +603,15 @@ pub(crate) fn soft_cross_entropy<T: Element>(
     targets: &Targets<'_, T>,
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    if !kernel_temperature_ok(cfg.get_temperature()) {
+    let t = cfg.get_temperature();
+    if !kernel_temperature_ok(t) {
         let r = reference::soft_cross_entropy(cfg, logits, targets, &request(&outputs))
             .expect("inputs were validated before dispatch");
         return write(r, outputs);
     }
-    match kind::<T>() {
-        Kind::F32 => soft_ce_on::<T, f32>(isa, cfg, logits, targets, outputs),
-        Kind::Bf16 => soft_ce_on::<T, half::bf16>(isa, cfg, logits, targets, outputs),
-        Kind::F16 => soft_ce_on::<T, half::f16>(isa, cfg, logits, targets, outputs),
-    }
-}
-
-/// Soft-target CE on the kernels, with `E` the caller's element type `T`.
-fn soft_ce_on<T: Element, E: KElem>(
-    isa: Isa,
-    cfg: &SoftCrossEntropy,
-    logits: MatRef<'_, T>,
-    targets: &Targets<'_, T>,
-    outputs: Outputs<'_, T>,
-) -> f32 {
-    let z = E::cast(logits.data()).expect("E is the caller's element type");
     let ce_targets = match targets {
         Targets::Dense(a) => CeTargets::Dense {
-            a: E::cast(a.data()).expect("E is the caller's element type"),
+            a: a.data(),
             stride: a.stride(),
         },
         _ => CeTargets::Structured {
@@ -632,16 +620,7 @@ fn soft_ce_on<T: Element, E: KElem>(
         },
     };
     let n = logits.rows();
-    let p = CeProblem {
-        z,
-        z_stride: logits.stride(),
-        c: logits.cols(),
-        t: cfg.get_temperature(),
-        targets: ce_targets,
-        scale: row_scale(cfg.get_reduction(), n, outputs.upstream),
-        stream: stream_gradient(n, logits.cols()),
-    };
-    run_ce(isa, p, n, outputs, cfg.get_reduction(), n)
+    run_ce(isa, logits, t, ce_targets, (cfg.get_reduction(), n), outputs)
 }
 
 pub(crate) fn hard_cross_entropy<T: Element>(
@@ -651,44 +630,20 @@ pub(crate) fn hard_cross_entropy<T: Element>(
     labels: &[u32],
     outputs: Outputs<'_, T>,
 ) -> f32 {
-    if !kernel_temperature_ok(cfg.get_temperature()) {
+    let t = cfg.get_temperature();
+    if !kernel_temperature_ok(t) {
         let r = reference::hard_cross_entropy(cfg, logits, labels, &request(&outputs))
             .expect("inputs were validated before dispatch");
         return write(r, outputs);
     }
-    match kind::<T>() {
-        Kind::F32 => hard_ce_on::<T, f32>(isa, cfg, logits, labels, outputs),
-        Kind::Bf16 => hard_ce_on::<T, half::bf16>(isa, cfg, logits, labels, outputs),
-        Kind::F16 => hard_ce_on::<T, half::f16>(isa, cfg, logits, labels, outputs),
-    }
-}
-
-/// Hard CE on the kernels, with `E` the caller's element type `T`.
-fn hard_ce_on<T: Element, E: KElem>(
-    isa: Isa,
-    cfg: &HardCrossEntropy,
-    logits: MatRef<'_, T>,
-    labels: &[u32],
-    outputs: Outputs<'_, T>,
-) -> f32 {
-    let z = E::cast(logits.data()).expect("E is the caller's element type");
     let ignore = cfg.get_ignore_index();
     let count = labels.iter().filter(|&&y| Some(y) != ignore).count();
-    let n = logits.rows();
-    let p = CeProblem {
-        z,
-        z_stride: logits.stride(),
-        c: logits.cols(),
-        t: cfg.get_temperature(),
-        targets: CeTargets::Structured {
-            s: Structured::Hard {
-                labels,
-                smoothing: cfg.get_smoothing(),
-            },
-            ignore,
+    let ce_targets = CeTargets::Structured {
+        s: Structured::Hard {
+            labels,
+            smoothing: cfg.get_smoothing(),
         },
-        scale: row_scale(cfg.get_reduction(), count, outputs.upstream),
-        stream: stream_gradient(n, logits.cols()),
+        ignore,
     };
-    run_ce(isa, p, n, outputs, cfg.get_reduction(), count)
+    run_ce(isa, logits, t, ce_targets, (cfg.get_reduction(), count), outputs)
 }

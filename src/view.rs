@@ -29,27 +29,9 @@ pub trait Element: sealed::Sealed + Copy + Send + Sync + PartialEq + std::fmt::D
     fn from_f32(x: f32) -> Self;
     /// `x` rounded to this type (round to nearest even, directly from `f64`).
     fn from_f64(x: f64) -> Self;
-    /// The slice as `f32`s, if this type is `f32` (lets the f32 kernels take the data as is).
-    #[doc(hidden)]
-    fn as_f32_slice(s: &[Self]) -> Option<&[f32]> {
-        let _ = s;
-        None
-    }
-    /// The mutable slice as `f32`s, if this type is `f32`.
-    #[doc(hidden)]
-    fn as_f32_slice_mut(s: &mut [Self]) -> Option<&mut [f32]> {
-        let _ = s;
-        None
-    }
 }
 
 impl Element for f32 {
-    fn as_f32_slice(s: &[Self]) -> Option<&[f32]> {
-        Some(s)
-    }
-    fn as_f32_slice_mut(s: &mut [Self]) -> Option<&mut [f32]> {
-        Some(s)
-    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
