@@ -179,6 +179,7 @@ use crate::reference::{self, RefOutput, Request};
 use crate::targets::{Structured, Targets};
 use crate::view::{Element, MatMut, MatRef};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn request<'o, T: Element>(outputs: &Outputs<'o, T>) -> Request<'o> {
     Request {
@@ -476,18 +477,21 @@ fn infonce_rows_per_block(n: usize) -> usize {
 
 /// Runs a cross-entropy problem on the kernels in the caller's element type; `count` is the
 /// mean's denominator.
+/// Runs a cross-entropy problem on the kernels. With `check` (dense targets only), the
+/// kernels check the weights as they read them and set the flag on a suspect row.
 fn run_ce<T: Element>(
     isa: Isa,
     logits: MatRef<'_, T>,
-    t: f32,
+    (t, check): (f32, Option<&AtomicBool>),
     targets: CeTargets<'_, T>,
     (reduction, count): (Reduction, usize),
     outputs: Outputs<'_, T>,
 ) -> f32 {
+    let tc = (t, check);
     match kind::<T>() {
-        Kind::F32 => ce_on::<T, f32>(isa, logits, t, targets, (reduction, count), outputs),
-        Kind::Bf16 => ce_on::<T, half::bf16>(isa, logits, t, targets, (reduction, count), outputs),
-        Kind::F16 => ce_on::<T, half::f16>(isa, logits, t, targets, (reduction, count), outputs),
+        Kind::F32 => ce_on::<T, f32>(isa, logits, tc, targets, (reduction, count), outputs),
+        Kind::Bf16 => ce_on::<T, half::bf16>(isa, logits, tc, targets, (reduction, count), outputs),
+        Kind::F16 => ce_on::<T, half::f16>(isa, logits, tc, targets, (reduction, count), outputs),
     }
 }
 
@@ -495,7 +499,7 @@ fn run_ce<T: Element>(
 fn ce_on<T: Element, E: KElem>(
     isa: Isa,
     logits: MatRef<'_, T>,
-    t: f32,
+    (t, check): (f32, Option<&AtomicBool>),
     targets: CeTargets<'_, T>,
     (reduction, count): (Reduction, usize),
     outputs: Outputs<'_, T>,
@@ -518,6 +522,7 @@ fn ce_on<T: Element, E: KElem>(
         },
         scale: row_scale(reduction, count, outputs.upstream),
         stream: stream_gradient(n, c),
+        check: check.filter(|_| matches!(targets, CeTargets::Dense { .. })),
     };
     let grad = elem_rows::<T, E>(outputs.grad_logits);
     let g_stride = grad.as_ref().map_or(0, |g| g.1);
@@ -596,18 +601,27 @@ fn row_scale<'a>(reduction: Reduction, count: usize, upstream: Option<&'a [f32]>
     }
 }
 
+/// Soft-target cross-entropy on validated inputs. Dense target weights are checked here
+/// when `cfg.get_check_targets()`: fused into the kernel's read of the targets (the only
+/// check that costs no extra pass over memory), then, if the kernel saw a suspect row, by
+/// an exact scan that reports the first invalid weight. Only in that case are the
+/// outputs already (partly) written when the error is returned.
 pub(crate) fn soft_cross_entropy<T: Element>(
     isa: Isa,
     cfg: &SoftCrossEntropy,
     logits: MatRef<'_, T>,
     targets: &Targets<'_, T>,
     outputs: Outputs<'_, T>,
-) -> f32 {
+) -> Result<f32> {
     let t = cfg.get_temperature();
+    let check_dense = cfg.get_check_targets() && matches!(targets, Targets::Dense(_));
     if !kernel_temperature_ok(t) {
+        if check_dense {
+            targets.validate(logits.cols(), Some(isa), true)?;
+        }
         let r = reference::soft_cross_entropy(cfg, logits, targets, &request(&outputs))
             .expect("inputs were validated before dispatch");
-        return write(r, outputs);
+        return Ok(write(r, outputs));
     }
     let ce_targets = match targets {
         Targets::Dense(a) => CeTargets::Dense {
@@ -620,7 +634,16 @@ pub(crate) fn soft_cross_entropy<T: Element>(
         },
     };
     let n = logits.rows();
-    run_ce(isa, logits, t, ce_targets, (cfg.get_reduction(), n), outputs)
+    let suspect = AtomicBool::new(false);
+    let check = check_dense.then_some(&suspect);
+    let c = logits.cols();
+    let loss = run_ce(isa, logits, (t, check), ce_targets, (cfg.get_reduction(), n), outputs);
+    if suspect.load(Ordering::Relaxed) {
+        // Exact scan: reports the first invalid weight, or finds none (the kernel's test
+        // also fires when finite weights sum past f32::MAX) and the result stands.
+        targets.validate(c, None, true)?;
+    }
+    Ok(loss)
 }
 
 pub(crate) fn hard_cross_entropy<T: Element>(
@@ -645,5 +668,5 @@ pub(crate) fn hard_cross_entropy<T: Element>(
         },
         ignore,
     };
-    run_ce(isa, logits, t, ce_targets, (cfg.get_reduction(), count), outputs)
+    run_ce(isa, logits, (t, None), ce_targets, (cfg.get_reduction(), count), outputs)
 }

@@ -5,7 +5,11 @@ use std::fmt;
 /// Everything that can be wrong with the arguments of a loss call.
 ///
 /// Every call validates all of its inputs and output buffers before it computes or writes
-/// anything, so when a call returns an error the caller's output buffers are untouched.
+/// anything, so when a call returns an error the caller's output buffers are untouched. The
+/// one exception is [`Error::InvalidTargetWeight`] for *dense* targets of
+/// [`SoftCrossEntropy`](crate::SoftCrossEntropy): those weights are checked inside the
+/// kernel as it reads them (a separate scan would cost a quarter of the call's memory
+/// traffic), so the outputs hold unspecified values when that error is returned.
 /// Non-finite *logits* are not errors: they are data and follow the numerics contract
 /// described in the crate documentation.
 ///

@@ -550,3 +550,71 @@ fn target_scan_finds_bad_weights_everywhere() {
         }
     }
 }
+
+/// Dense CE checks its target weights inside the kernel. Bad weights in rows the kernel
+/// handles specially (NaN, +∞ or no finite logit: the statistics sweep is skipped) are
+/// still found and named, on every backend, with and without a gradient, in f32 and bf16,
+/// on one thread and on many (large shapes).
+#[test]
+fn fused_target_check_covers_special_rows_and_large_shapes() {
+    for (n, c) in [(4usize, 33usize), (64, 4099)] {
+        for special in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0] {
+            let mut z = vec![0.25f32; n * c];
+            let row = n - 2;
+            z[row * c..(row + 1) * c].fill(special);
+            let mut a = vec![0.5f32; n * c];
+            let col = c - 3;
+            a[row * c + col] = -2.0;
+            a[(n - 1) * c] = f32::NAN; // a later bad row: the first one is named
+            let zm = MatRef::new(&z, n, c).unwrap();
+            let t = Targets::Dense(MatRef::new(&a, n, c).unwrap());
+            for backend in available_backends() {
+                let cfg = SoftCrossEntropy::new().backend(Some(backend));
+                let mut g = vec![0.0f32; n * c];
+                for err in [
+                    cfg.loss(zm, &t).unwrap_err(),
+                    cfg.loss_and_grad(zm, &t, MatMut::new(&mut g, n, c).unwrap())
+                        .unwrap_err(),
+                ] {
+                    assert_eq!(
+                        err,
+                        softnce::Error::InvalidTargetWeight {
+                            what: "dense target",
+                            row,
+                            col,
+                            value: -2.0
+                        },
+                        "{backend} n={n} c={c} logits {special}"
+                    );
+                }
+                // The same in bf16.
+                let zb: Vec<half::bf16> = z.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                let ab: Vec<half::bf16> = a.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                let tb = Targets::Dense(MatRef::new(&ab, n, c).unwrap());
+                let err = cfg.loss(MatRef::new(&zb, n, c).unwrap(), &tb).unwrap_err();
+                assert!(
+                    matches!(err, softnce::Error::InvalidTargetWeight { row: r, col: k, .. } if (r, k) == (row, col)),
+                    "{backend} bf16: {err:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The in-kernel test cannot tell an invalid weight from finite weights whose sum
+/// overflows `f32`; the exact rescan then finds nothing wrong and the result stands (the
+/// same as without the check).
+#[test]
+fn fused_target_check_accepts_overflowing_sums() {
+    let (n, c) = (3usize, 40usize);
+    let z: Vec<f32> = (0..n * c).map(|k| (k % 7) as f32 * 0.3).collect();
+    let a = vec![3e37f32; n * c]; // each row sums to 1.2e39 > f32::MAX
+    let zm = MatRef::new(&z, n, c).unwrap();
+    let t = Targets::Dense(MatRef::new(&a, n, c).unwrap());
+    for backend in available_backends() {
+        let cfg = SoftCrossEntropy::new().backend(Some(backend));
+        let checked = cfg.loss(zm, &t).expect("valid weights");
+        let unchecked = cfg.check_targets(false).loss(zm, &t).unwrap();
+        assert_eq!(checked.to_bits(), unchecked.to_bits(), "{backend}");
+    }
+}

@@ -52,6 +52,17 @@ fn assert_same(a: &Error, b: &Error) {
 /// Runs `call` with an `N × C` gradient and `N` row losses (both sentinel-filled), expects an
 /// error, checks that nothing was written and that the message is non-empty.
 fn expect_err(n: usize, c: usize, call: impl for<'o> FnOnce(Outputs<'o, f32>) -> Result<f32>) -> Error {
+    expect_err_writing_if(n, c, call, |_| false)
+}
+
+/// Like `expect_err`, but the outputs may have been written when `written_ok(&error)`: the
+/// one documented case is an invalid dense weight of soft CE, found inside the kernel.
+fn expect_err_writing_if(
+    n: usize,
+    c: usize,
+    call: impl for<'o> FnOnce(Outputs<'o, f32>) -> Result<f32>,
+    written_ok: impl Fn(&Error) -> bool,
+) -> Error {
     let mut rows = vec![SENTINEL; n];
     let mut grad = vec![SENTINEL; n * c];
     let out = Outputs::new()
@@ -61,8 +72,10 @@ fn expect_err(n: usize, c: usize, call: impl for<'o> FnOnce(Outputs<'o, f32>) ->
         Ok(v) => panic!("expected an error, got Ok({v})"),
         Err(e) => e,
     };
-    assert_untouched("row_losses", &rows);
-    assert_untouched("grad_logits", &grad);
+    if !written_ok(&err) {
+        assert_untouched("row_losses", &rows);
+        assert_untouched("grad_logits", &grad);
+    }
     assert_message(&err);
     err
 }
@@ -114,7 +127,13 @@ fn nce_err(cfg: &SoftInfoNce<'_>, z: MatRef<'_, f32>, targets: &Targets<'_, f32>
 }
 
 fn soft_ce_err(cfg: &SoftCrossEntropy, z: MatRef<'_, f32>, targets: &Targets<'_, f32>) -> Error {
-    let e = expect_err(z.rows(), z.cols(), |out| cfg.compute(z, targets, out));
+    let dense = matches!(targets, Targets::Dense(_));
+    let e = expect_err_writing_if(
+        z.rows(),
+        z.cols(),
+        |out| cfg.compute(z, targets, out),
+        |e| dense && matches!(e, Error::InvalidTargetWeight { .. }),
+    );
     assert_same(
         &ref_err(reference::soft_cross_entropy(
             cfg,

@@ -12,6 +12,10 @@
 //! 3. the gradient `k·(mass·e_c/S − a_c)` with `k = scale/t`, then (structured forms) the
 //!    explicit classes corrected in `f32` last.
 //!
+//! With [`CeProblem::check`], sweep 2 also proves each dense target row valid (a finite
+//! `Σ a` and a non-negative `min a`); rows whose sweep 2 is skipped (NaN or no finite logit)
+//! check their targets on their own.
+//!
 //! Special rows follow the reference: NaN or `+∞` in `u` → NaN loss and gradient; no finite
 //! logit (`m = −∞`) → loss `+∞` if the row has target mass (else 0), probabilities all zero.
 
@@ -19,6 +23,7 @@ use super::elem::KElem;
 use super::{stamp, Block};
 use crate::simd::F32x;
 use crate::targets::Structured;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How gradient row `i` is scaled before the `1/t`.
 #[derive(Clone, Copy)]
@@ -59,6 +64,10 @@ pub(crate) struct CeProblem<'a, E = f32> {
     pub scale: RowScale<'a>,
     /// Write the gradient with non-temporal stores (it is too large to stay in cache).
     pub stream: bool,
+    /// Dense targets only: check every weight while it is read (finite and `>= 0`) and set
+    /// this flag on a suspect row. A set flag means "rescan the targets exactly": the
+    /// in-kernel test can also fire on finite weights whose sum overflows `f32`.
+    pub check: Option<&'a AtomicBool>,
 }
 
 /// Scaling by the temperature: `x/t` computed as `x·(1/t)`. The dispatcher only sends a
@@ -100,26 +109,35 @@ struct RowCtx {
     tp: Temp,
     k: f32,
     stream: bool,
+    check: bool,
 }
 
 /// Sweep 1: the NaN-propagating maximum of the raw logits `z` over the row (the maximum of
 /// `u = z/t` is `max(z)/t`; the kernels only ever scale differences `z − max z`, so finite
-/// logits whose `z/t` would overflow f32 stay finite).
+/// logits whose `z/t` would overflow f32 stay finite). The first `z.len()` elements of
+/// `next` are prefetched, one vector's worth per vector read (see [`dense_row`]).
 ///
 /// # Safety
 /// `V`'s CPU requirement.
 #[inline(always)]
-unsafe fn row_max<V: F32x, E: KElem>(z: &[E]) -> f32 {
+unsafe fn row_max<V: F32x, E: KElem>(z: &[E], next: &[E]) -> f32 {
     let n = z.len();
     let p = z.as_ptr();
+    let np = next.as_ptr();
     let l = V::LANES;
     // SAFETY: V's CPU features are guaranteed by the caller; every load reads within `z`
-    // (full vectors while `i + l <= n` / `i + 4l <= n`, then a partial load of `n − i` < l).
+    // (full vectors while `i + l <= n` / `i + 4l <= n`, then a partial load of `n − i` < l);
+    // prefetches are hints that never fault.
     unsafe {
         let ninf = V::splat(f32::NEG_INFINITY);
         let (mut m0, mut m1, mut m2, mut m3) = (ninf, ninf, ninf, ninf);
         let mut i = 0;
         while i + 4 * l <= n {
+            if i < next.len() {
+                for u in 0..4 {
+                    V::prefetch(np.wrapping_add(i + u * l).cast());
+                }
+            }
             m0 = m0.max_nan(E::load::<V>(p.add(i)));
             m1 = m1.max_nan(E::load::<V>(p.add(i + l)));
             m2 = m2.max_nan(E::load::<V>(p.add(i + 2 * l)));
@@ -149,9 +167,10 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
 }
 
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`,
-/// returns `(S, mass, T)` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even
-/// where `z_c = −∞`). One cache line of `next` (the next row's logits) is prefetched per
-/// vector, so that row's first sweep finds it in cache.
+/// returns `(S, mass, T, ok)` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even
+/// where `z_c = −∞`) and `ok` false if a weight may be negative or non-finite (a finite
+/// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector). `next` (part of the next row) is prefetched, one vector's worth per
+/// vector read (see [`dense_row`]).
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite.
@@ -163,7 +182,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
     tp: Temp,
     e: &mut [f32],
     next: &[E],
-) -> (f32, f32, f32) {
+) -> (f32, f32, f32, bool) {
     let n = z.len();
     let l = V::LANES;
     let (zp, ap, ep, np) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr(), next.as_ptr());
@@ -172,7 +191,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
     // prefetches are hints that never fault.
     unsafe {
         let vm = V::splat(m);
-        let (mut s, mut mass, mut tt) = (V::zero(), V::zero(), V::zero());
+        let (mut s, mut mass, mut tt, mut lo) = (V::zero(), V::zero(), V::zero(), V::zero());
         let mut i = 0;
         // No closures here: a closure would be compiled without the entry point's target
         // features and the vector intrinsics would not inline.
@@ -186,6 +205,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             ev.store(ep.add(i));
             s = s.add(ev);
             mass = mass.add(av);
+            lo = lo.min(av);
             // d·a is NaN only for 0·(−∞) (masked class without weight): detected below.
             tt = d.fma(av, tt);
             i += l;
@@ -198,8 +218,13 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             ev.store_partial(ep.add(i), r);
             s = s.add(ev);
             mass = mass.add(av);
+            lo = lo.min(av);
             tt = d.fma(av, tt);
         }
+        let mass = mass.hsum();
+        // A NaN weight makes `mass` NaN whatever `min` does with it; `−hmax(−lo)` is the
+        // smallest lane.
+        let ok = mass.is_finite() && V::zero().sub(lo).hmax() <= 0.0;
         let mut t_sum = -tt.hsum();
         if t_sum.is_nan() {
             // The row has a masked (−∞) logit where some target weight is 0. The row holds no
@@ -207,7 +232,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             // recompute T with the convention 0·(−∞) = 0 (a rare, slower path).
             t_sum = -masked_dot::<V, E>(z, a, vm, tp);
         }
-        (s.hsum(), mass.hsum(), t_sum)
+        (s.hsum(), mass, t_sum, ok)
     }
 }
 
@@ -240,8 +265,8 @@ unsafe fn masked_dot<V: F32x, E: KElem>(z: &[E], a: &[E], vm: V, tp: Temp) -> f3
 }
 
 /// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
-/// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0). One cache line
-/// of `next` (the next row's logits) is prefetched per vector.
+/// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0). `next` (part
+/// of the next row) is prefetched, one vector's worth per vector read.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite.
@@ -318,8 +343,8 @@ unsafe fn grad_vec<V: F32x, E: KElem>(ep: *const f32, ap: *const E, i: usize, r:
     }
 }
 
-/// Sweep 3: `g_c = e_c·c1 + a_c·c2` (dense, `a = Some`) or `g_c = e_c·c1 + c2` (structured),
-/// prefetching `next` (the next row's targets) one cache line per vector. With `stream`,
+/// Sweep 3: `g_c = e_c·c1 + a_c·c2` (dense, `a = Some`) or `g_c = e_c·c1 + c2` (structured).
+/// It prefetches nothing: its non-temporal stores already keep memory busy. With `stream`,
 /// whole aligned vectors are written with non-temporal stores (no read for ownership); the
 /// caller then issues [`F32x::stream_fence`] before the block completes.
 ///
@@ -332,12 +357,11 @@ unsafe fn write_grad<V: F32x, E: KElem>(
     c1: f32,
     c2: f32,
     g: &mut [E],
-    next: &[E],
     stream: bool,
 ) {
     let n = e.len();
     let l = V::LANES;
-    let (ep, gp, np) = (e.as_ptr(), g.as_mut_ptr(), next.as_ptr());
+    let (ep, gp) = (e.as_ptr(), g.as_mut_ptr());
     let ap = a.map_or(std::ptr::null(), |a| a.as_ptr());
     // SAFETY: V's CPU features are guaranteed by the caller; all slices have length n and
     // every access is a full vector below n or a partial one of fewer than l elements;
@@ -354,17 +378,11 @@ unsafe fn write_grad<V: F32x, E: KElem>(
                 i = head;
             }
             while i + l <= n {
-                if i < next.len() {
-                    V::prefetch(np.add(i).cast());
-                }
                 grad_vec::<V, E>(ep, ap, i, l, v1, v2).store_stream(gf.add(i));
                 i += l;
             }
         } else {
             while i + l <= n {
-                if i < next.len() {
-                    V::prefetch(np.add(i).cast());
-                }
                 E::store::<V>(grad_vec::<V, E>(ep, ap, i, l, v1, v2), gp.add(i));
                 i += l;
             }
@@ -375,27 +393,33 @@ unsafe fn write_grad<V: F32x, E: KElem>(
     }
 }
 
-/// `Σ a` over a row (for rows without a finite logit).
+/// `Σ a` over a row (for rows without a finite logit) and whether the row is provably
+/// valid (as in [`dense_stats`]).
 ///
 /// # Safety
 /// `V`'s CPU requirement.
 #[inline(always)]
-unsafe fn row_sum<V: F32x, E: KElem>(a: &[E]) -> f32 {
+unsafe fn row_sum<V: F32x, E: KElem>(a: &[E]) -> (f32, bool) {
     let n = a.len();
     let l = V::LANES;
     let p = a.as_ptr();
     // SAFETY: loads stay within `a` (full vectors, then a partial tail).
     unsafe {
-        let mut s = V::zero();
+        let (mut s, mut lo) = (V::zero(), V::zero());
         let mut i = 0;
         while i + l <= n {
-            s = s.add(E::load::<V>(p.add(i)));
+            let v = E::load::<V>(p.add(i));
+            s = s.add(v);
+            lo = lo.min(v);
             i += l;
         }
         if i < n {
-            s = s.add(E::load_partial::<V>(p.add(i), n - i, 0.0));
+            let v = E::load_partial::<V>(p.add(i), n - i, 0.0);
+            s = s.add(v);
+            lo = lo.min(v);
         }
-        s.hsum()
+        let s = s.hsum();
+        (s, s.is_finite() && V::zero().sub(lo).hmax() <= 0.0)
     }
 }
 
@@ -409,7 +433,14 @@ fn mul0(a: f32, b: f32) -> f32 {
     }
 }
 
-/// One row of soft-target CE against a dense target row. Returns the row's loss.
+/// One row of soft-target CE against a dense target row. Returns the row's loss and, when
+/// `ctx.check`, whether the target row is provably valid (else `true`).
+///
+/// `next` is the next row's `(logits, targets)`, empty for a block's last row. Memory
+/// traffic is spread evenly over the three sweeps, one cache line per vector step: the max
+/// sweep prefetches the next logits, the statistics sweep the next targets, and the
+/// gradient sweep streams its own stores. (Prefetching everything in the last two sweeps
+/// left memory idle during the first.)
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z`, `a`, `e` (and `g`) have the same length.
@@ -421,37 +452,40 @@ unsafe fn dense_row<V: F32x, E: KElem>(
     e: &mut [f32],
     g: Option<&mut [E]>,
     next: (&[E], &[E]),
-) -> f32 {
-    let RowCtx { tp, k, stream } = ctx;
+) -> (f32, bool) {
+    let RowCtx { tp, k, stream, check } = ctx;
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
     unsafe {
-        let m = row_max::<V, E>(z);
+        let m = row_max::<V, E>(z, next.0);
         if m.is_nan() || m == f32::INFINITY {
             if let Some(g) = g {
                 g.fill(E::from_f32(f32::NAN));
             }
-            return f32::NAN;
+            // The targets were not read: check them on their own.
+            return (f32::NAN, !check || row_sum::<V, E>(a).1);
         }
         if m == f32::NEG_INFINITY {
-            let mass = row_sum::<V, E>(a);
+            let (mass, ok) = row_sum::<V, E>(a);
             if let Some(g) = g {
                 // Probabilities are all zero: g = −k·a.
                 e.fill(0.0);
-                write_grad::<V, E>(e, Some(a), 0.0, -k, g, &[], false);
+                write_grad::<V, E>(e, Some(a), 0.0, -k, g, false);
             }
-            return if mass > 0.0 { f32::INFINITY } else { 0.0 };
+            return (if mass > 0.0 { f32::INFINITY } else { 0.0 }, ok);
         }
-        let (s, mass, tt) = dense_stats::<V, E>(z, a, m, tp, e, next.0);
+        let (s, mass, tt, ok) = dense_stats::<V, E>(z, a, m, tp, e, next.1);
         if let Some(g) = g {
-            write_grad::<V, E>(e, Some(a), k * mass / s, -k, g, next.1, stream);
+            write_grad::<V, E>(e, Some(a), k * mass / s, -k, g, stream);
         }
-        mass * s.ln() + tt
+        (mass * s.ln() + tt, ok)
     }
 }
 
 /// One row of soft-target CE against a structured row (`floor` + entries). Returns the loss.
 /// `scratch` is `(e, d)`: the row's exponentials, and room for the explicit classes' summed
-/// weights (half-precision gradients only).
+/// weights (half-precision gradients only). `next` is the next row's logits (empty for a
+/// block's last row): its first half is prefetched during the max sweep, its second half
+/// during the exp sweep, while the gradient sweep streams its stores.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z`, `e`, `d` (and `g`) have the same length; entry classes are
@@ -466,13 +500,14 @@ unsafe fn structured_row<V: F32x, E: KElem>(
     g: Option<&mut [E]>,
     next: &[E],
 ) -> f32 {
-    let RowCtx { tp, k, stream } = ctx;
+    let RowCtx { tp, k, stream, .. } = ctx;
     let (e, d) = scratch;
     let c = z.len();
     let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
     // SAFETY: the caller's guarantees are exactly what the sweeps need.
     unsafe {
-        let m = row_max::<V, E>(z);
+        let (next_a, next_b) = next.split_at(next.len() / 2);
+        let m = row_max::<V, E>(z, next_a);
         if m.is_nan() || m == f32::INFINITY {
             if let Some(g) = g {
                 g.fill(E::from_f32(f32::NAN));
@@ -483,7 +518,7 @@ unsafe fn structured_row<V: F32x, E: KElem>(
             e.fill(0.0);
             (if mass > 0.0 { f32::INFINITY } else { 0.0 }, 0.0)
         } else {
-            let (s, r) = exp_stats::<V, E>(z, m, tp, e, floor > 0.0, next);
+            let (s, r) = exp_stats::<V, E>(z, m, tp, e, floor > 0.0, next_b);
             let mut loss = mass * s.ln() + if floor > 0.0 { floor * r } else { 0.0 };
             for (cls, w) in entries.iter() {
                 loss += mul0(w, tp.scalar(m - z[cls as usize].to_f32()));
@@ -491,7 +526,7 @@ unsafe fn structured_row<V: F32x, E: KElem>(
             (loss, k * mass / s)
         };
         if let Some(g) = g {
-            write_grad::<V, E>(e, None, c1, -k * floor, g, &[], stream);
+            write_grad::<V, E>(e, None, c1, -k * floor, g, stream);
             // The explicit classes last, in f32: g_c = k·mass·p_c − k·floor − k·Σw.
             if E::IS_F32 {
                 for (cls, w) in entries.iter() {
@@ -549,6 +584,7 @@ unsafe fn ce_block_generic<V: F32x, E: KElem>(
             tp,
             k: p.scale.get(i) / p.t,
             stream: p.stream,
+            check: p.check.is_some(),
         };
         // SAFETY: the slices all have length c; V's CPU requirement is the caller's.
         let loss = unsafe {
@@ -564,7 +600,11 @@ unsafe fn ce_block_generic<V: F32x, E: KElem>(
                     } else {
                         (&[][..], &[][..])
                     };
-                    dense_row::<V, E>(z, &a[i * stride..i * stride + c], ctx, e, g, next)
+                    let (loss, ok) = dense_row::<V, E>(z, &a[i * stride..i * stride + c], ctx, e, g, next);
+                    if let (false, Some(flag)) = (ok, p.check) {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                    loss
                 }
                 CeTargets::Structured { s, ignore } => {
                     let next_z = if i + 1 < end {

@@ -89,13 +89,16 @@ impl SoftCrossEntropy {
         self.backend
     }
 
-    /// Whether calls scan dense target weights for negative or non-finite values (default
-    /// `true`). The scan reads the whole `M × C` target matrix once more before the kernel
-    /// runs (about a quarter of the memory traffic of a dense cross-entropy call), so a
-    /// training loop whose targets come from a trusted pipeline may turn it off. Without the
-    /// scan, invalid weights give unspecified values (typically NaN or infinite losses) but
-    /// never a panic or undefined behaviour. Shapes, labels and every other argument are
-    /// always checked, and the [`reference`](crate::reference) always scans.
+    /// Whether calls check dense target weights for negative or non-finite values (default
+    /// `true`). The kernels check each weight as they read it (one vector `min` per 16
+    /// weights, no extra pass over memory), and an invalid weight is reported as
+    /// [`Error::InvalidTargetWeight`] naming the first offending entry, exactly as a scan
+    /// before the call would. The one difference from every other error: this one is found
+    /// *while* the kernel runs, so when it is returned the output buffers hold unspecified
+    /// values. Turning the check off saves the `min` and the final test; invalid weights
+    /// then give unspecified values (typically NaN or infinite losses) but never a panic or
+    /// undefined behaviour. Shapes, labels and every other argument are always checked
+    /// before anything is written, and the [`reference`](crate::reference) always scans.
     pub fn check_targets(mut self, check: bool) -> Self {
         self.check_targets = check;
         self
@@ -136,7 +139,10 @@ impl SoftCrossEntropy {
     /// [`Reduction::None`]) and writes whatever `outputs` asks for.
     ///
     /// # Errors
-    /// Nothing is written when an error is returned. [`Error::ZeroClasses`],
+    /// Nothing is written when an error is returned, with one exception: an invalid dense
+    /// target weight is found during the computation (see
+    /// [`check_targets`](Self::check_targets)), so with [`Error::InvalidTargetWeight`] for
+    /// dense targets the outputs hold unspecified values. [`Error::ZeroClasses`],
     /// [`Error::InvalidTemperature`], [`Error::ShapeMismatch`] (target rows ≠ `N`, target
     /// columns, output shapes), the target errors ([`Error::LabelOutOfRange`],
     /// [`Error::OutOfUnitInterval`], [`Error::InvalidTargetWeight`], [`Error::MalformedSparse`]),
@@ -149,24 +155,43 @@ impl SoftCrossEntropy {
         outputs: Outputs<'_, T>,
     ) -> Result<f32> {
         let isa = Isa::resolve(self.backend)?;
-        let m = self.validate(&logits, targets, Some(isa))?;
+        // Dense weights are checked by `dispatch::soft_cross_entropy`, fused into the kernel.
+        let m = self.validate_shapes(&logits, targets)?;
         check_outputs(&logits, &outputs, self.reduction, m)?;
         if outputs.grad_targets.is_some() {
             return Err(Error::TargetGradientNeedsDense);
         }
-        Ok(dispatch::soft_cross_entropy(isa, self, logits, targets, outputs))
+        dispatch::soft_cross_entropy(isa, self, logits, targets, outputs)
     }
 
-    /// Validates configuration, logits and targets; returns `M` (= `N`).
+    /// [`validate`](Self::validate) without the scan of dense target weights (the kernels
+    /// do it while they read them).
+    fn validate_shapes<T: Element>(&self, logits: &MatRef<'_, T>, targets: &Targets<'_, T>) -> Result<usize> {
+        self.validate_inner(logits, targets, None, false)
+    }
+
+    /// Validates configuration, logits and targets; returns `M` (= `N`). Dense target
+    /// weights are scanned when [`check_targets`](Self::check_targets) is on or `isa` is
+    /// `None` (the reference).
     pub(crate) fn validate<T: Element>(
         &self,
         logits: &MatRef<'_, T>,
         targets: &Targets<'_, T>,
         isa: Option<Isa>,
     ) -> Result<usize> {
+        self.validate_inner(logits, targets, isa, self.check_targets || isa.is_none())
+    }
+
+    fn validate_inner<T: Element>(
+        &self,
+        logits: &MatRef<'_, T>,
+        targets: &Targets<'_, T>,
+        isa: Option<Isa>,
+        check_dense: bool,
+    ) -> Result<usize> {
         check_logits(logits)?;
         check_temperature(self.temperature)?;
-        let m = targets.validate(logits.cols(), isa, self.check_targets || isa.is_none())?;
+        let m = targets.validate(logits.cols(), isa, check_dense)?;
         if m != logits.rows() {
             return Err(Error::ShapeMismatch {
                 what: "cross-entropy target rows vs logit rows",

@@ -294,15 +294,13 @@ unsafe impl F32x for Avx512 {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C1));
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-            // 4. Scale by 2^k (NaN converts to i32::MIN, and i32::MIN << 23 == 0).
-            let k = _mm512_cvttps_epi32(kf);
-            let y = _mm512_castsi512_ps(_mm512_add_epi32(
-                _mm512_castps_si512(p),
-                _mm512_slli_epi32::<23>(k),
-            ));
-            // 5. Flush x < EXP_X_MIN (ordered compare: false for NaN) to +0.
-            let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_X_MIN));
-            Avx512(_mm512_maskz_mov_ps(!under, y))
+            // 4. Scale by 2^k with `vscalefps`, and 5. flush x < EXP_X_MIN to +0 through its
+            //    zeroing mask. For x >= EXP_X_MIN the result is normal, so p·2^k is exact and
+            //    equals the shared algorithm's exponent-field add bit for bit; one instruction
+            //    instead of convert, shift and add. The mask `!(x < EXP_X_MIN)` is true for
+            //    NaN (unordered compare), whose lanes stay NaN.
+            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(EXP_X_MIN));
+            Avx512(_mm512_maskz_scalef_ps(keep, p, kf))
         }
     }
 }
