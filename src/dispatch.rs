@@ -172,7 +172,7 @@ impl Isa {
 use crate::kernels::cross_entropy::{ce_block, kernel_temperature_ok, CeProblem, CeTargets, RowScale};
 use crate::kernels::elem::KElem;
 use crate::kernels::for_row_blocks;
-use crate::kernels::infonce::{grad_targets, nce_block, NceProblem};
+use crate::kernels::infonce::{grad_targets, nce_block, Bf16Data, NceProblem};
 use crate::kernels::infonce_structured::{snce_block, FlatTargets, SnceProblem};
 use crate::loss::{HardCrossEntropy, Outputs, Reduction, SoftCrossEntropy, SoftInfoNce};
 use crate::reference::{self, RefOutput, Request};
@@ -242,6 +242,34 @@ pub(crate) fn soft_infonce<T: Element>(
             .expect("inputs were validated before dispatch");
         return write(r, outputs);
     };
+    let outputs = Outputs {
+        row_losses: outputs.row_losses,
+        grad_logits: outputs.grad_logits.map(f32_mat),
+        grad_targets: outputs.grad_targets.map(f32_mat),
+        upstream: outputs.upstream,
+    };
+    let z = MatRef::with_stride(z, logits.rows(), logits.cols(), logits.stride()).expect("validated");
+    let a = MatRef::with_stride(a, m, logits.cols(), a_stride).expect("validated");
+    dense_infonce(isa, cfg, z, a, None, outputs)
+}
+
+/// `T` is `f32` here: the same matrix with its element type spelled out.
+fn f32_mat<T: Element>(g: MatMut<'_, T>) -> MatMut<'_, f32> {
+    let (data, rows, cols, stride) = g.into_parts();
+    MatMut::with_stride(f32::cast_mut(data).expect("f32 path"), rows, cols, stride).expect("same shape")
+}
+
+/// Dense soft InfoNCE on the fused kernel (`f32` data, the temperature checked); `bf16`
+/// carries the original bits when the tile products run on the AVX-512 BF16 dot product.
+fn dense_infonce(
+    isa: Isa,
+    cfg: &SoftInfoNce<'_>,
+    logits: MatRef<'_, f32>,
+    targets: MatRef<'_, f32>,
+    bf16: Option<Bf16Data<'_>>,
+    outputs: Outputs<'_, f32>,
+) -> f32 {
+    let (z, a, a_stride, m) = (logits.data(), targets.data(), targets.stride(), targets.rows());
     let (n, c) = (logits.rows(), logits.cols());
     let log_eta: Vec<f32> = cfg.log_noise_f64(c).iter().map(|&v| v as f32).collect();
     // b_j = a_j · log η in f64: S = z·a/t − b subtracts two terms of similar size (with
@@ -266,11 +294,12 @@ pub(crate) fn soft_infonce<T: Element>(
         b: &b,
         p0: cfg.get_offset(),
         scale: row_scale(reduction, n, outputs.upstream),
+        bf16,
     };
     let mut loss = vec![0.0f32; n];
     let mut lse = vec![0.0f32; n];
     let rows_per_block = infonce_rows_per_block(n);
-    let grad = elem_rows::<T, f32>(outputs.grad_logits);
+    let grad = elem_rows::<f32, f32>(outputs.grad_logits);
     let total: f64 = {
         let blocks: Vec<_> = loss
             .chunks_mut(rows_per_block)
@@ -290,8 +319,7 @@ pub(crate) fn soft_infonce<T: Element>(
         partials.iter().sum()
     };
     if let Some(gt) = outputs.grad_targets {
-        let (data, rows, _, stride) = gt.into_parts();
-        let out = f32::cast_mut(data).expect("f32 path");
+        let (out, rows, _, stride) = gt.into_parts();
         let finite = |i: usize| {
             z[i * p.z_stride..i * p.z_stride + c]
                 .iter()
@@ -384,7 +412,18 @@ fn soft_infonce_widened<T: Element>(
         upstream: outputs.upstream,
     };
     let z32 = MatRef::new(&z, n, c).expect("same shape");
-    let loss = soft_infonce::<f32>(isa, cfg, z32, &targets32, out32);
+    let loss = match bf16_bits(isa, &logits, &targets) {
+        // The tile products on the AVX-512 BF16 dot product, on the original bits.
+        Some(d) => dense_infonce(
+            isa,
+            cfg,
+            z32,
+            MatRef::new(&dense, m, c).expect("same shape"),
+            Some(d),
+            out32,
+        ),
+        None => soft_infonce::<f32>(isa, cfg, z32, &targets32, out32),
+    };
     if let Some(dst) = outputs.grad_logits {
         narrow_into(&g, dst);
     }
@@ -392,6 +431,35 @@ fn soft_infonce_widened<T: Element>(
         narrow_into(&gt, dst);
     }
     loss
+}
+
+/// The raw bits of `bf16` logits and targets when dense InfoNCE can run its tile products on
+/// the AVX-512 BF16 dot product: the backend is AVX-512 and the CPU has AVX-512 BF16.
+fn bf16_bits<'a, T: Element>(
+    isa: Isa,
+    logits: &MatRef<'a, T>,
+    targets: &MatRef<'a, T>,
+) -> Option<Bf16Data<'a>> {
+    #[cfg(target_arch = "x86_64")]
+    if isa.backend() == Backend::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16") {
+        let z = half::bf16::cast(logits.data())?;
+        let a = half::bf16::cast(targets.data())?;
+        return Some(Bf16Data {
+            z: bits(z),
+            z_stride: logits.stride(),
+            a: bits(a),
+            a_stride: targets.stride(),
+        });
+    }
+    let _ = (isa, logits, targets);
+    None
+}
+
+/// The bits of `bf16` values.
+#[cfg(target_arch = "x86_64")]
+fn bits(v: &[half::bf16]) -> &[u16] {
+    use half::slice::HalfFloatSliceExt;
+    v.reinterpret_cast()
 }
 
 /// One block of structured InfoNCE rows: its index, its losses, its gradient rows and stride.
@@ -637,7 +705,14 @@ pub(crate) fn soft_cross_entropy<T: Element>(
     let suspect = AtomicBool::new(false);
     let check = check_dense.then_some(&suspect);
     let c = logits.cols();
-    let loss = run_ce(isa, logits, (t, check), ce_targets, (cfg.get_reduction(), n), outputs);
+    let loss = run_ce(
+        isa,
+        logits,
+        (t, check),
+        ce_targets,
+        (cfg.get_reduction(), n),
+        outputs,
+    );
     if suspect.load(Ordering::Relaxed) {
         // Exact scan: reports the first invalid weight, or finds none (the kernel's test
         // also fires when finite weights sum past f32::MAX) and the result stands.
@@ -668,5 +743,12 @@ pub(crate) fn hard_cross_entropy<T: Element>(
         },
         ignore,
     };
-    run_ce(isa, logits, (t, None), ce_targets, (cfg.get_reduction(), count), outputs)
+    run_ce(
+        isa,
+        logits,
+        (t, None),
+        ce_targets,
+        (cfg.get_reduction(), count),
+        outputs,
+    )
 }

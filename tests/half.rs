@@ -518,3 +518,70 @@ fn structured_infonce_half_is_the_f32_result_rounded_once() {
     check::<bf16>();
     check::<f16>();
 }
+
+/// Dense bf16 InfoNCE on AVX-512 with BF16 runs both tile products on `vdpbf16ps`: the
+/// scores exactly as the `f32` kernel would (products of two bf16 are exact in f32), the
+/// accumulator `O_i = Σ_j P_ij a_j` with every `P_ij` rounded to bf16 (relative error at
+/// most `u = 2⁻⁸`). So a gradient element `g = k(O/l − a_p)` may be off by `k·u·(O/l)` on top
+/// of its final rounding, where `O/l = g_ref/k + a_p` comes from the reference gradient.
+/// Checked here on every backend (only AVX-512 with BF16 takes the bf16 path; the others
+/// must meet the bound with room to spare), on shapes with odd `C` and `M` and rows enough
+/// for the kernel's sub-blocks, with moderately peaked scores.
+#[test]
+fn bf16_dense_infonce_accuracy_of_the_dot_product_path() {
+    for &(n, m, c, t) in &[
+        (67usize, 67usize, 37usize, 1.0f32),
+        (300, 301, 301, 0.1),
+        (40, 45, 1000, 0.5),
+    ] {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let z: Vec<bf16> = (0..n * c).map(|_| bf16::from_f32(4.0 * rnd() - 2.0)).collect();
+        let a: Vec<bf16> = (0..m * c)
+            .map(|_| bf16::from_f32(if rnd() < 0.3 { 0.0 } else { rnd() }))
+            .collect();
+        let zm = MatRef::new(&z, n, c).unwrap();
+        let am = MatRef::new(&a, m, c).unwrap();
+        let targets = Targets::Dense(am);
+        let offset = (m - n) / 2;
+        for backend in available_backends() {
+            let cfg = softnce::SoftInfoNce::new()
+                .temperature(t)
+                .offset(offset)
+                .backend(Some(backend));
+            let r = reference::soft_infonce(&cfg, zm, &targets, &Request::loss_and_grad()).unwrap();
+            let mut g = vec![bf16::ZERO; n * c];
+            let loss = cfg
+                .loss_and_grad(zm, &targets, MatMut::new(&mut g, n, c).unwrap())
+                .unwrap();
+            // Scores as accurate as in f32: the loss keeps the f32 tolerance.
+            assert!(
+                close(loss as f64, r.loss, 1e-5 * r.loss.abs().max(1.0)),
+                "{backend} {n}x{m}x{c}: loss {loss} vs {}",
+                r.loss
+            );
+            let k = 1.0 / (n as f64 * t as f64);
+            let mut worst = 0.0f64;
+            for i in 0..n {
+                for col in 0..c {
+                    let b = r.grad_logits[i * c + col];
+                    let o_over_l = b / k + a[(offset + i) * c + col].to_f64();
+                    let tol = 2f64.powi(-8) * (b.abs() + k * o_over_l.abs()) + 1e-5 * k;
+                    let err = (g[i * c + col].to_f64() - b).abs();
+                    worst = worst.max(err / tol);
+                    assert!(
+                        err <= tol,
+                        "{backend} {n}x{m}x{c}: grad[{i},{col}] {} vs {b}",
+                        g[i * c + col]
+                    );
+                }
+            }
+            println!("{backend} {n}x{m}x{c} t={t}: worst gradient error {worst:.3} of the bound");
+        }
+    }
+}

@@ -36,6 +36,19 @@ pub(crate) struct NceProblem<'a> {
     pub b: &'a [f32],
     pub p0: usize,
     pub scale: RowScale<'a>,
+    /// The original `bf16` bits of `z` and `a` when the tile products run on the AVX-512
+    /// BF16 dot product (see [`super::infonce_bf16`]); `None` for the `f32` products.
+    pub bf16: Option<Bf16Data<'a>>,
+}
+
+/// The raw `bf16` bits of the logits and targets of a dense InfoNCE call, next to the
+/// widened `f32` copies in [`NceProblem`] that the rest of the kernel reads.
+#[derive(Clone, Copy)]
+pub(crate) struct Bf16Data<'a> {
+    pub z: &'a [u16],
+    pub z_stride: usize,
+    pub a: &'a [u16],
+    pub a_stride: usize,
 }
 
 impl NceProblem<'_> {
@@ -227,7 +240,7 @@ fn row_group<V: F32x>() -> usize {
 
 /// Rows per sub-block of the score product: the sub-block's scores (`MB × tile` floats) stay
 /// in L2 while every `KC` panel of the tile streams past them.
-const MB: usize = 256;
+pub(crate) const MB: usize = 256;
 
 /// Scores `S[r][j] = (z_r · a_j)/t − b_j` of `rows × [j0, j1)` into `s` (row stride
 /// `packed_tile`). The tile's targets are packed once into `panel` (`tile × C` floats, in
@@ -341,9 +354,20 @@ unsafe fn clean_rows<V: F32x>(
     let tile = packed_tile::<V>();
     let rg = row_group::<V>();
     let panel_len = if nr > MB { tile * c } else { tile * KC.min(c) };
-    let mut scratch = super::take_scratch(nr * tile + panel_len);
-    let (s, panel) = scratch.split_at_mut(nr * tile);
-    let panel = &mut panel[..panel_len];
+    // The bf16 products also need each row's probabilities as bf16 pairs and the tile's
+    // targets paired for the accumulator product.
+    let (pairs_len, pair_panel_len) = if p.bf16.is_some() {
+        (nr * tile / 2, tile / 2 * c)
+    } else {
+        (0, 0)
+    };
+    let mut scratch = super::take_scratch(nr * tile + panel_len + pairs_len + pair_panel_len);
+    let (s, rest) = scratch.split_at_mut(nr * tile);
+    let (panel, rest) = rest.split_at_mut(panel_len);
+    let (pairs, pair_panel) = rest.split_at_mut(pairs_len);
+    let pair_panel = &mut pair_panel[..pair_panel_len];
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (&pairs, &pair_panel); // only the x86-64 bf16 products use them
     let mut mx = vec![f32::NEG_INFINITY; nr];
     let mut sum = vec![0.0f32; nr];
     // The accumulators O_i = Σ_j P_ij a_j live in the caller's gradient rows (no extra N × C
@@ -366,6 +390,15 @@ unsafe fn clean_rows<V: F32x>(
         while j0 < m {
             let j1 = (j0 + tile).min(m);
             let w = j1 - j0;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(d) = &p.bf16 {
+                // SAFETY: `bf16` is only set when the backend is AVX-512 (so `tile` is 256)
+                // and the CPU has AVX-512 BF16 (`dispatch`).
+                super::infonce_bf16::score_tile(p, d, rows, (j0, j1), tile, s, panel);
+            } else {
+                score_tile_packed::<V>(p, rows, j0, j1, s, panel);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
             score_tile_packed::<V>(p, rows, j0, j1, s, panel);
             for r in 0..nr {
                 let srow = &mut s[r * tile..r * tile + w];
@@ -383,6 +416,38 @@ unsafe fn clean_rows<V: F32x>(
                     scale_row::<V>(std::slice::from_raw_parts_mut(optrs[r], c), alpha);
                 }
                 mx[r] = new_m;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let (true, Some(d)) = (want_grad, &p.bf16) {
+                use super::infonce_bf16 as bf;
+                // SAFETY: as for the scores; `pairs` holds `nr × tile/2` and `pair_panel`
+                // `tile/2 × c` floats; every `optrs` row is a distinct row of `c` floats.
+                bf::pack_pair_panel(d, j0, w, (c, KC), pair_panel);
+                let w2 = w.div_ceil(2);
+                for r in 0..nr {
+                    bf::round_pairs(
+                        &s[r * tile..r * tile + w],
+                        &mut pairs[r * tile / 2..r * tile / 2 + w2],
+                    );
+                }
+                let prow = |r: usize| &pairs[r * tile / 2..r * tile / 2 + w2];
+                for cb in (0..c).step_by(KC) {
+                    let ce = (cb + KC).min(c);
+                    let blk = pair_panel.as_ptr().add(cb * w2);
+                    let mut r = 0;
+                    while r < nr {
+                        if nr - r >= 8 {
+                            let o = std::array::from_fn(|q| optrs[r + q]);
+                            bf::axpy_tile::<8>(o, std::array::from_fn(|q| prow(r + q)), blk, w2, (cb, ce));
+                            r += 8;
+                        } else {
+                            bf::axpy_tile::<1>([optrs[r]], [prow(r)], blk, w2, (cb, ce));
+                            r += 1;
+                        }
+                    }
+                }
+                j0 = j1;
+                continue;
             }
             if want_grad {
                 let aptrs: Vec<*const f32> = (j0..j1).map(|j| p.a_row(j).as_ptr()).collect();

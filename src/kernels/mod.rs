@@ -9,6 +9,8 @@
 pub(crate) mod cross_entropy;
 pub(crate) mod elem;
 pub(crate) mod infonce;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod infonce_bf16;
 pub(crate) mod infonce_structured;
 pub(crate) mod validate;
 
