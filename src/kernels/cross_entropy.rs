@@ -3,14 +3,19 @@
 //! with structured targets (hard, MixUp, sparse: the logits are the only `N × C` array read),
 //! and hard CE with label smoothing and `ignore_index`.
 //!
-//! Each row takes three sweeps; only the first reads the row from memory, the others find it
-//! in cache (a row of logits and targets up to a few hundred KiB stays in L2):
+//! Each row takes three sweeps; only the first touch of each array comes from memory, the
+//! other sweeps find the row in cache (a row of logits and targets up to a few hundred KiB
+//! stays in L2):
 //! 1. `m = max_c u_c` with `u = z/t` (NaN-propagating);
 //! 2. `e_c = exp(u_c − m)` into a per-block scratch row, `S = Σ e_c`, and for the loss the
 //!    non-negative sums `T = Σ_c a_c (m − u_c)` (dense) or `R = Σ_c (m − u_c)` (floor term), so
 //!    that `l = mass·ln S + T` has no cancellation even for logits of ±10⁴;
 //! 3. the gradient `k·(mass·e_c/S − a_c)` with `k = scale/t`, then (structured forms) the
 //!    explicit classes corrected in `f32` last.
+//!
+//! Sweeps 2 and 3 are software-pipelined across rows: row `i`'s gradient sweep runs inside
+//! row `i + 1`'s sweep 2 (two scratch rows of exponentials alternate), so one row's exp
+//! arithmetic overlaps the other's memory traffic ([`dense_block`], [`structured_block`]).
 //!
 //! With [`CeProblem::check`], sweep 2 also proves each dense target row valid (a finite
 //! `Σ a` and a non-negative `min a`); rows whose sweep 2 is skipped (NaN or no finite logit)
@@ -102,16 +107,6 @@ pub(crate) fn kernel_temperature_ok(t: f32) -> bool {
     (1.0 / t).is_finite()
 }
 
-/// What a row kernel needs besides its data: the temperature, the gradient factor
-/// `k = scale/t`, and whether to stream the gradient.
-#[derive(Clone, Copy)]
-struct RowCtx {
-    tp: Temp,
-    k: f32,
-    stream: bool,
-    check: bool,
-}
-
 /// Sweep 1: the NaN-propagating maximum of the raw logits `z` over the row (the maximum of
 /// `u = z/t` is `max(z)/t`; the kernels only ever scale differences `z − max z`, so finite
 /// logits whose `z/t` would overflow f32 stay finite). The first `z.len()` elements of
@@ -182,10 +177,21 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
     tp: Temp,
     e: &mut [f32],
     next: &[E],
+    prev: Option<PrevGrad<'_, E>>,
 ) -> (f32, f32, f32, bool) {
     let n = z.len();
     let l = V::LANES;
     let (zp, ap, ep, np) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr(), next.as_ptr());
+    // The previous row's gradient sweep rides along (see `dense_block`): `pj` is its next
+    // column; its unaligned head (streaming stores need aligned vectors) goes first.
+    // A `match`, not a closure: the vector intrinsics would not inline into a closure,
+    // which does not get the entry point's CPU features.
+    #[allow(clippy::manual_map)] // `Option::map` takes a closure (see `dense_stats`)
+    let mut pg = match prev {
+        // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
+        Some(pg) => Some(unsafe { PrevSweep::<V, E>::start(pg) }),
+        None => None,
+    };
     // SAFETY: V's CPU features are guaranteed by the caller; the three slices have length n
     // and every access is a full vector below n or a partial one of n − i < l elements;
     // prefetches are hints that never fault.
@@ -198,6 +204,9 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
         while i + l <= n {
             if i < next.len() {
                 V::prefetch(np.add(i).cast());
+            }
+            if let Some(pg) = pg.as_mut() {
+                pg.step();
             }
             let av = E::load::<V>(ap.add(i));
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
@@ -220,6 +229,9 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             mass = mass.add(av);
             lo = lo.min(av);
             tt = d.fma(av, tt);
+        }
+        if let Some(pg) = pg {
+            pg.finish();
         }
         let mass = mass.hsum();
         // A NaN weight makes `mass` NaN whatever `min` does with it; `−hmax(−lo)` is the
@@ -278,10 +290,18 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
     e: &mut [f32],
     want_r: bool,
     next: &[E],
+    prev: Option<PrevGrad<'_, E>>,
 ) -> (f32, f32) {
     let n = z.len();
     let l = V::LANES;
     let (zp, ep, np) = (z.as_ptr(), e.as_mut_ptr(), next.as_ptr());
+    // The previous row's gradient sweep rides along, as in `dense_stats`.
+    #[allow(clippy::manual_map)] // `Option::map` takes a closure (see `dense_stats`)
+    let mut pg = match prev {
+        // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
+        Some(pg) => Some(unsafe { PrevSweep::<V, E>::start(pg) }),
+        None => None,
+    };
     // SAFETY: as in `dense_stats`.
     unsafe {
         let vm = V::splat(m);
@@ -290,6 +310,9 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
         while i + l <= n {
             if i < next.len() {
                 V::prefetch(np.add(i).cast());
+            }
+            if let Some(pg) = pg.as_mut() {
+                pg.step();
             }
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
             let ev = d.exp();
@@ -310,6 +333,9 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
                 // Padding lanes hold −∞ − m = −∞: select them away (∞·0 would be NaN).
                 r = r.sub(d.zero_where_zero(tail_mask::<V>(k)));
             }
+        }
+        if let Some(pg) = pg {
+            pg.finish();
         }
         (s.hsum(), if want_r { r.hsum() } else { 0.0 })
     }
@@ -339,6 +365,106 @@ unsafe fn grad_vec<V: F32x, E: KElem>(ep: *const f32, ap: *const E, i: usize, r:
                 E::load_partial::<V>(ap.add(i), r, 0.0)
             };
             ev.fma(v1, av.mul(v2))
+        }
+    }
+}
+
+/// A row whose gradient sweep is still to do: `g = e·c1 + a·c2` (dense) or `e·c1 + c2`.
+pub(super) struct PrevGrad<'a, E> {
+    e: &'a [f32],
+    /// Dense target row, or `None` for `g = e·c1 + c2` (structured rows).
+    a: Option<&'a [E]>,
+    c1: f32,
+    c2: f32,
+    g: &'a mut [E],
+    stream: bool,
+}
+
+/// The target row's pointer, null for structured rows (see [`grad_vec`]).
+#[inline(always)]
+fn a_ptr<E>(a: Option<&[E]>) -> *const E {
+    a.map_or(std::ptr::null(), |a| a.as_ptr())
+}
+
+/// [`PrevGrad`]'s sweep, one vector per [`step`](Self::step), interleaved with the next
+/// row's statistics sweep.
+struct PrevSweep<'a, V, E> {
+    pg: PrevGrad<'a, E>,
+    v1: V,
+    v2: V,
+    /// The next column to write.
+    j: usize,
+    /// Whether whole vectors are written with streaming stores.
+    nt: bool,
+}
+
+impl<'a, V: F32x, E: KElem> PrevSweep<'a, V, E> {
+    /// Writes the unaligned head (when streaming) and returns the sweep.
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `e`, `a` and `g` have the same length.
+    #[inline(always)]
+    unsafe fn start(pg: PrevGrad<'a, E>) -> Self {
+        let n = pg.e.len();
+        let l = V::LANES;
+        let nt = pg.stream && E::IS_F32;
+        // SAFETY: V's CPU requirement is the caller's; the head is at most `n` elements.
+        unsafe {
+            let (v1, v2) = (V::splat(pg.c1), V::splat(pg.c2));
+            let mut j = 0;
+            if nt {
+                let gf = pg.g.as_mut_ptr().cast::<f32>();
+                let head = ((l * 4 - (gf as usize) % (l * 4)) % (l * 4) / 4).min(n);
+                if head > 0 {
+                    grad_vec::<V, E>(pg.e.as_ptr(), a_ptr(pg.a), 0, head, v1, v2).store_partial(gf, head);
+                    j = head;
+                }
+            }
+            PrevSweep { pg, v1, v2, j, nt }
+        }
+    }
+
+    /// Writes the next whole vector, if one is left.
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement.
+    #[inline(always)]
+    unsafe fn step(&mut self) {
+        let (n, l) = (self.pg.e.len(), V::LANES);
+        if self.j + l > n {
+            return;
+        }
+        // SAFETY: `j + l <= n`: a whole vector inside all three rows; with `nt` (E is f32),
+        // `g + j` is aligned to the vector size (the head was written by `start`).
+        unsafe {
+            let v = grad_vec::<V, E>(self.pg.e.as_ptr(), a_ptr(self.pg.a), self.j, l, self.v1, self.v2);
+            let gp = self.pg.g.as_mut_ptr();
+            if self.nt {
+                v.store_stream(gp.cast::<f32>().add(self.j));
+            } else {
+                E::store::<V>(v, gp.add(self.j));
+            }
+        }
+        self.j += l;
+    }
+
+    /// Writes whatever is left.
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement.
+    #[inline(always)]
+    unsafe fn finish(mut self) {
+        let (n, l) = (self.pg.e.len(), V::LANES);
+        // SAFETY: as in `step`, then one partial vector of fewer than `l` elements.
+        unsafe {
+            while self.j + l <= n {
+                self.step();
+            }
+            let j = self.j;
+            if j < n {
+                let v = grad_vec::<V, E>(self.pg.e.as_ptr(), a_ptr(self.pg.a), j, n - j, self.v1, self.v2);
+                E::store_partial::<V>(v, self.pg.g.as_mut_ptr().add(j), n - j);
+            }
         }
     }
 }
@@ -433,124 +559,262 @@ fn mul0(a: f32, b: f32) -> f32 {
     }
 }
 
-/// One row of soft-target CE against a dense target row. Returns the row's loss and, when
-/// `ctx.check`, whether the target row is provably valid (else `true`).
+/// Rows `rows` of soft-target CE against dense targets `a` (row stride `stride`): row
+/// losses into `row_losses`, gradient rows into `grad` (row `r` of the block at
+/// `r·g_stride`); returns the sum of the losses.
 ///
-/// `next` is the next row's `(logits, targets)`, empty for a block's last row. Memory
-/// traffic is spread evenly over the three sweeps, one cache line per vector step: the max
-/// sweep prefetches the next logits, the statistics sweep the next targets, and the
-/// gradient sweep streams its own stores. (Prefetching everything in the last two sweeps
-/// left memory idle during the first.)
+/// Software-pipelined: the gradient sweep of row `i` runs inside the statistics sweep of
+/// row `i + 1` (two scratch rows of exponentials alternate), so the exp arithmetic of one
+/// row overlaps the memory traffic of the other. Memory is spread over the two sweeps of
+/// each row: the max sweep prefetches the next row's logits, the fused sweep the next
+/// row's targets while it streams the previous row's gradient out. (Three separate sweeps
+/// left memory idle while the exponentials were computed.)
+///
+/// With `p.check`, each target row is proven valid (see [`dense_stats`]) and a suspect
+/// row sets the flag.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `z`, `a`, `e` (and `g`) have the same length.
+/// `V`'s CPU requirement; `p` was validated; `grad` (if any) holds the block's rows at
+/// `g_stride`; `e0` and `e1` hold `C` floats each.
 #[inline(always)]
-unsafe fn dense_row<V: F32x, E: KElem>(
-    z: &[E],
-    a: &[E],
-    ctx: RowCtx,
-    e: &mut [f32],
-    g: Option<&mut [E]>,
-    next: (&[E], &[E]),
-) -> (f32, bool) {
-    let RowCtx { tp, k, stream, check } = ctx;
-    // SAFETY: the caller's guarantees are exactly what the sweeps need.
+unsafe fn dense_block<V: F32x, E: KElem>(
+    p: &CeProblem<'_, E>,
+    (a, stride): (&[E], usize),
+    rows: std::ops::Range<usize>,
+    (grad, g_stride): (Option<&mut [E]>, usize),
+    mut row_losses: Option<&mut [f32]>,
+    (e0, e1): (&mut [f32], &mut [f32]),
+) -> f64 {
+    let c = p.c;
+    let tp = Temp::new(p.t);
+    let check = p.check.is_some();
+    let gp = grad.map(|g| g.as_mut_ptr());
+    let (mut e_cur, mut e_prev) = (e0, e1);
+    // The row whose gradient is still to write: (block row, problem row, c1, c2).
+    let mut pending: Option<(usize, usize, f32, f32)> = None;
+    let mut suspect = false;
+    let mut total = 0.0f64;
+    let end = rows.end;
+    let zrow = |i: usize| &p.z[i * p.z_stride..i * p.z_stride + c];
+    let arow = |i: usize| &a[i * stride..i * stride + c];
+    // SAFETY (for the whole body): V's CPU requirement is the caller's; every slice has
+    // length C; `grow(r)` is row `r` of the caller's gradient block (rows are disjoint and
+    // never alias the scratch rows), and only one gradient row is borrowed at a time.
     unsafe {
-        let m = row_max::<V, E>(z, next.0);
-        if m.is_nan() || m == f32::INFINITY {
-            if let Some(g) = g {
-                g.fill(E::from_f32(f32::NAN));
+        let grow = |r: usize| gp.map(|g| std::slice::from_raw_parts_mut(g.add(r * g_stride), c));
+        for (r, i) in rows.enumerate() {
+            let (z, ai) = (zrow(i), arow(i));
+            let k = p.scale.get(i) / p.t;
+            let (next_z, next_a) = if i + 1 < end {
+                (zrow(i + 1), arow(i + 1))
+            } else {
+                (&[][..], &[][..])
+            };
+            let m = row_max::<V, E>(z, next_z);
+            let loss = if m.is_finite() {
+                let prev = pending.take().map(|(pr, pi, c1, c2)| PrevGrad {
+                    e: &*e_prev,
+                    a: Some(arow(pi)),
+                    c1,
+                    c2,
+                    g: grow(pr).expect("pending rows have a gradient"),
+                    stream: p.stream,
+                });
+                let (s, mass, tt, ok) = dense_stats::<V, E>(z, ai, m, tp, e_cur, next_a, prev);
+                suspect |= !ok;
+                if gp.is_some() {
+                    pending = Some((r, i, k * mass / s, -k));
+                    std::mem::swap(&mut e_cur, &mut e_prev);
+                }
+                mass * s.ln() + tt
+            } else {
+                // A special row: finish the pending one first (it owns `e_prev`).
+                if let Some((pr, pi, c1, c2)) = pending.take() {
+                    let g = grow(pr).expect("pending rows have a gradient");
+                    write_grad::<V, E>(e_prev, Some(arow(pi)), c1, c2, g, p.stream);
+                }
+                let (mass, ok) = row_sum::<V, E>(ai);
+                suspect |= check && !ok;
+                if m == f32::NEG_INFINITY {
+                    if let Some(g) = grow(r) {
+                        // Probabilities are all zero: g = −k·a.
+                        e_cur.fill(0.0);
+                        write_grad::<V, E>(e_cur, Some(ai), 0.0, -k, g, false);
+                    }
+                    if mass > 0.0 {
+                        f32::INFINITY
+                    } else {
+                        0.0
+                    }
+                } else {
+                    // NaN or +∞ in the row.
+                    if let Some(g) = grow(r) {
+                        g.fill(E::from_f32(f32::NAN));
+                    }
+                    f32::NAN
+                }
+            };
+            if let Some(rl) = row_losses.as_deref_mut() {
+                rl[r] = loss;
             }
-            // The targets were not read: check them on their own.
-            return (f32::NAN, !check || row_sum::<V, E>(a).1);
+            total += loss as f64;
         }
-        if m == f32::NEG_INFINITY {
-            let (mass, ok) = row_sum::<V, E>(a);
-            if let Some(g) = g {
-                // Probabilities are all zero: g = −k·a.
-                e.fill(0.0);
-                write_grad::<V, E>(e, Some(a), 0.0, -k, g, false);
-            }
-            return (if mass > 0.0 { f32::INFINITY } else { 0.0 }, ok);
+        if let Some((pr, pi, c1, c2)) = pending {
+            let g = grow(pr).expect("pending rows have a gradient");
+            write_grad::<V, E>(e_prev, Some(arow(pi)), c1, c2, g, p.stream);
         }
-        let (s, mass, tt, ok) = dense_stats::<V, E>(z, a, m, tp, e, next.1);
-        if let Some(g) = g {
-            write_grad::<V, E>(e, Some(a), k * mass / s, -k, g, stream);
+    }
+    if let (true, Some(flag)) = (suspect, p.check) {
+        flag.store(true, Ordering::Relaxed);
+    }
+    total
+}
+
+/// The explicit classes of a structured row's gradient, last and in `f32`:
+/// `g_c = e_c·c1 + c2 − k·Σw` over the row's entries (`c2 = −k·floor`), after the sweep
+/// wrote `e·c1 + c2` everywhere. `d` is scratch of `C` floats (half precision only).
+#[inline(always)]
+fn fix_explicit<E: KElem>(
+    g: &mut [E],
+    e: &[f32],
+    entries: crate::targets::Entries<'_>,
+    (c1, c2, k): (f32, f32, f32),
+    d: &mut [f32],
+) {
+    if E::IS_F32 {
+        for (cls, w) in entries.iter() {
+            let gc = &mut g[cls as usize];
+            *gc = E::from_f32(gc.to_f32() - k * w);
         }
-        (mass * s.ln() + tt, ok)
+    } else {
+        // Rounded gradients cannot carry the f32 value: rebuild it from `e` with the class's
+        // summed weights (`d`, cleared and filled for these classes only).
+        for (cls, _) in entries.iter() {
+            d[cls as usize] = 0.0;
+        }
+        for (cls, w) in entries.iter() {
+            d[cls as usize] += k * w;
+        }
+        for (cls, _) in entries.iter() {
+            let c = cls as usize;
+            g[c] = E::from_f32(e[c].mul_add(c1, c2) - d[c]);
+        }
     }
 }
 
-/// One row of soft-target CE against a structured row (`floor` + entries). Returns the loss.
-/// `scratch` is `(e, d)`: the row's exponentials, and room for the explicit classes' summed
-/// weights (half-precision gradients only). `next` is the next row's logits (empty for a
-/// block's last row): its first half is prefetched during the max sweep, its second half
-/// during the exp sweep, while the gradient sweep streams its stores.
+/// Rows `rows` of soft-target CE against structured targets `s` (rows labelled `ignore`
+/// contribute nothing), pipelined like [`dense_block`]: the gradient sweep of a row runs
+/// inside the exp sweep of the next, and its explicit classes are fixed right after.
+/// Memory: the next row's logits are prefetched half in the max sweep, half in the exp
+/// sweep, while the gradient stores stream out.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `z`, `e`, `d` (and `g`) have the same length; entry classes are
-/// `< C`.
+/// `V`'s CPU requirement; `p` was validated (entry classes `< C`); `grad` (if any) holds
+/// the block's rows at `g_stride`; `e0`, `e1` and `d` hold `C` floats each.
 #[inline(always)]
-unsafe fn structured_row<V: F32x, E: KElem>(
-    z: &[E],
-    floor: f32,
-    entries: crate::targets::Entries<'_>,
-    ctx: RowCtx,
-    scratch: (&mut [f32], &mut [f32]),
-    g: Option<&mut [E]>,
-    next: &[E],
-) -> f32 {
-    let RowCtx { tp, k, stream, .. } = ctx;
-    let (e, d) = scratch;
-    let c = z.len();
-    let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
-    // SAFETY: the caller's guarantees are exactly what the sweeps need.
+unsafe fn structured_block<V: F32x, E: KElem>(
+    p: &CeProblem<'_, E>,
+    (s, ignore): (Structured<'_>, Option<u32>),
+    rows: std::ops::Range<usize>,
+    (grad, g_stride): (Option<&mut [E]>, usize),
+    mut row_losses: Option<&mut [f32]>,
+    (e0, e1, d): (&mut [f32], &mut [f32], &mut [f32]),
+) -> f64 {
+    let c = p.c;
+    let tp = Temp::new(p.t);
+    let gp = grad.map(|g| g.as_mut_ptr());
+    let (mut e_cur, mut e_prev) = (e0, e1);
+    // The row whose gradient is still to write: (block row, problem row, c1, c2, k).
+    let mut pending: Option<(usize, usize, f32, f32, f32)> = None;
+    let mut total = 0.0f64;
+    let end = rows.end;
+    let zrow = |i: usize| &p.z[i * p.z_stride..i * p.z_stride + c];
+    // SAFETY (for the whole body): as in `dense_block`.
     unsafe {
-        let (next_a, next_b) = next.split_at(next.len() / 2);
-        let m = row_max::<V, E>(z, next_a);
-        if m.is_nan() || m == f32::INFINITY {
-            if let Some(g) = g {
-                g.fill(E::from_f32(f32::NAN));
-            }
-            return f32::NAN;
-        }
-        let (loss, c1) = if m == f32::NEG_INFINITY {
-            e.fill(0.0);
-            (if mass > 0.0 { f32::INFINITY } else { 0.0 }, 0.0)
-        } else {
-            let (s, r) = exp_stats::<V, E>(z, m, tp, e, floor > 0.0, next_b);
-            let mut loss = mass * s.ln() + if floor > 0.0 { floor * r } else { 0.0 };
-            for (cls, w) in entries.iter() {
-                loss += mul0(w, tp.scalar(m - z[cls as usize].to_f32()));
-            }
-            (loss, k * mass / s)
-        };
-        if let Some(g) = g {
-            write_grad::<V, E>(e, None, c1, -k * floor, g, stream);
-            // The explicit classes last, in f32: g_c = k·mass·p_c − k·floor − k·Σw.
-            if E::IS_F32 {
-                for (cls, w) in entries.iter() {
-                    let gc = &mut g[cls as usize];
-                    *gc = E::from_f32(gc.to_f32() - k * w);
+        let grow = |r: usize| gp.map(|g| std::slice::from_raw_parts_mut(g.add(r * g_stride), c));
+        for (r, i) in rows.enumerate() {
+            let (floor, entries) = s.row(i, c);
+            if let (Some(ig), Some((y, _))) = (ignore, entries.iter().next()) {
+                if y == ig {
+                    if let Some(g) = grow(r) {
+                        g.fill(E::from_f32(0.0));
+                    }
+                    if let Some(rl) = row_losses.as_deref_mut() {
+                        rl[r] = 0.0;
+                    }
+                    continue;
                 }
+            }
+            let z = zrow(i);
+            let k = p.scale.get(i) / p.t;
+            let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
+            let next = if i + 1 < end { zrow(i + 1) } else { &[][..] };
+            let (next_a, next_b) = next.split_at(next.len() / 2);
+            let m = row_max::<V, E>(z, next_a);
+            let loss = if m.is_finite() {
+                let prev_row = pending.take();
+                let prev = prev_row.map(|(pr, _, c1, c2, _)| PrevGrad {
+                    e: &*e_prev,
+                    a: None,
+                    c1,
+                    c2,
+                    g: grow(pr).expect("pending rows have a gradient"),
+                    stream: p.stream,
+                });
+                let (sum, rr) = exp_stats::<V, E>(z, m, tp, e_cur, floor > 0.0, next_b, prev);
+                if let Some((pr, pi, c1, c2, pk)) = prev_row {
+                    // The previous row's sweep is done: its explicit classes now.
+                    let g = grow(pr).expect("pending rows have a gradient");
+                    fix_explicit(g, e_prev, s.row(pi, c).1, (c1, c2, pk), d);
+                }
+                let mut loss = mass * sum.ln() + if floor > 0.0 { floor * rr } else { 0.0 };
+                for (cls, w) in entries.iter() {
+                    loss += mul0(w, tp.scalar(m - z[cls as usize].to_f32()));
+                }
+                if gp.is_some() {
+                    pending = Some((r, i, k * mass / sum, -k * floor, k));
+                    std::mem::swap(&mut e_cur, &mut e_prev);
+                }
+                loss
             } else {
-                // Rounded gradients cannot carry the f32 value: rebuild it from `e` with the
-                // class's summed weights (`d`, cleared and filled for these classes only).
-                let c2 = -k * floor;
-                for (cls, _) in entries.iter() {
-                    d[cls as usize] = 0.0;
+                // A special row: finish the pending one first (it owns `e_prev`).
+                if let Some((pr, pi, c1, c2, pk)) = pending.take() {
+                    let g = grow(pr).expect("pending rows have a gradient");
+                    write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
+                    fix_explicit(g, e_prev, s.row(pi, c).1, (c1, c2, pk), d);
                 }
-                for (cls, w) in entries.iter() {
-                    d[cls as usize] += k * w;
+                if m == f32::NEG_INFINITY {
+                    if let Some(g) = grow(r) {
+                        // Probabilities are all zero: g = −k·floor, explicit classes −k·(floor + w).
+                        e_cur.fill(0.0);
+                        write_grad::<V, E>(e_cur, None, 0.0, -k * floor, g, false);
+                        fix_explicit(g, e_cur, entries, (0.0, -k * floor, k), d);
+                    }
+                    if mass > 0.0 {
+                        f32::INFINITY
+                    } else {
+                        0.0
+                    }
+                } else {
+                    // NaN or +∞ in the row.
+                    if let Some(g) = grow(r) {
+                        g.fill(E::from_f32(f32::NAN));
+                    }
+                    f32::NAN
                 }
-                for (cls, _) in entries.iter() {
-                    let c = cls as usize;
-                    g[c] = E::from_f32(e[c].mul_add(c1, c2) - d[c]);
-                }
+            };
+            if let Some(rl) = row_losses.as_deref_mut() {
+                rl[r] = loss;
             }
+            total += loss as f64;
         }
-        loss
+        if let Some((pr, pi, c1, c2, pk)) = pending {
+            let g = grow(pr).expect("pending rows have a gradient");
+            write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
+            fix_explicit(g, e_prev, s.row(pi, c).1, (c1, c2, pk), d);
+        }
     }
+    total
 }
 
 /// Rows `blk.rows` of a cross-entropy problem; returns the sum of their losses.
@@ -565,74 +829,31 @@ unsafe fn ce_block_generic<V: F32x, E: KElem>(
     blk: Block<'_, E>,
 ) -> f64 {
     let c = p.c;
-    let tp = Temp::new(p.t);
-    let mut scratch = super::take_scratch(2 * c);
-    let (e, d) = scratch[..2 * c].split_at_mut(c);
+    let mut scratch = super::take_scratch(3 * c);
+    let (e, rest) = scratch[..3 * c].split_at_mut(c);
+    let (e2, d) = rest.split_at_mut(c);
     let Block {
         rows,
-        mut grad,
-        mut row_losses,
+        grad,
+        row_losses,
     } = blk;
-    let mut total = 0.0f64;
-    let end = rows.end;
-    for (r, i) in rows.enumerate() {
-        let z = &p.z[i * p.z_stride..i * p.z_stride + c];
-        let g = grad
-            .as_deref_mut()
-            .map(|g| &mut g[r * g_stride..r * g_stride + c]);
-        let ctx = RowCtx {
-            tp,
-            k: p.scale.get(i) / p.t,
-            stream: p.stream,
-            check: p.check.is_some(),
-        };
-        // SAFETY: the slices all have length c; V's CPU requirement is the caller's.
-        let loss = unsafe {
-            match p.targets {
-                CeTargets::Dense { a, stride } => {
-                    // Within the block, the next row is prefetched while this one computes.
-                    let next = if i + 1 < end {
-                        let j = i + 1;
-                        (
-                            &p.z[j * p.z_stride..j * p.z_stride + c],
-                            &a[j * stride..j * stride + c],
-                        )
-                    } else {
-                        (&[][..], &[][..])
-                    };
-                    let (loss, ok) = dense_row::<V, E>(z, &a[i * stride..i * stride + c], ctx, e, g, next);
-                    if let (false, Some(flag)) = (ok, p.check) {
-                        flag.store(true, Ordering::Relaxed);
-                    }
-                    loss
-                }
-                CeTargets::Structured { s, ignore } => {
-                    let next_z = if i + 1 < end {
-                        &p.z[(i + 1) * p.z_stride..(i + 1) * p.z_stride + c]
-                    } else {
-                        &[][..]
-                    };
-                    let (floor, entries) = s.row(i, c);
-                    if let (Some(ig), Some((y, _))) = (ignore, entries.iter().next()) {
-                        if y == ig {
-                            if let Some(g) = g {
-                                g.fill(E::from_f32(0.0));
-                            }
-                            if let Some(rl) = row_losses.as_deref_mut() {
-                                rl[r] = 0.0;
-                            }
-                            continue;
-                        }
-                    }
-                    structured_row::<V, E>(z, floor, entries, ctx, (&mut *e, &mut *d), g, next_z)
-                }
-            }
-        };
-        if let Some(rl) = row_losses.as_deref_mut() {
-            rl[r] = loss;
+    if let CeTargets::Dense { a, stride } = p.targets {
+        // SAFETY: V's CPU requirement is the caller's; `e` and `e2` hold C floats each.
+        let total =
+            unsafe { dense_block::<V, E>(p, (a, stride), rows, (grad, g_stride), row_losses, (e, e2)) };
+        if p.stream {
+            // SAFETY: V's CPU requirement is the caller's.
+            unsafe { V::stream_fence() };
         }
-        total += loss as f64;
+        super::give_scratch(scratch);
+        return total;
     }
+    let CeTargets::Structured { s, ignore } = p.targets else {
+        unreachable!("dense targets returned above")
+    };
+    // SAFETY: V's CPU requirement is the caller's; `e`, `e2` and `d` hold C floats each.
+    let total =
+        unsafe { structured_block::<V, E>(p, (s, ignore), rows, (grad, g_stride), row_losses, (e, e2, d)) };
     if p.stream {
         // SAFETY: V's CPU requirement is the caller's.
         unsafe { V::stream_fence() };

@@ -44,6 +44,7 @@ pub(crate) struct NceProblem<'a> {
 /// The raw `bf16` bits of the logits and targets of a dense InfoNCE call, next to the
 /// widened `f32` copies in [`NceProblem`] that the rest of the kernel reads.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only x86-64 builds the products
 pub(crate) struct Bf16Data<'a> {
     pub z: &'a [u16],
     pub z_stride: usize,
