@@ -243,3 +243,68 @@ fn dense_infonce_large_and_thread_independent() {
         );
     }
 }
+
+/// Enough rows per block for several score sub-blocks (more than 256 rows: the target tile
+/// is packed whole once and reused by each sub-block), with odd `C` and `M`, in f32 and
+/// bf16 (whose AVX-512 BF16 products have their own packing), on every backend.
+#[test]
+fn dense_infonce_several_sub_blocks() {
+    let (n, m, c) = (530usize, 533usize, 263usize);
+    let mut s = 11u64;
+    let mut next = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let logits: Vec<f32> = (0..n * c).map(|_| 6.0 * next() - 3.0).collect();
+    let targets: Vec<f32> = (0..m * c).map(|_| next()).collect();
+    let cfg = SoftInfoNce::new().temperature(0.7).offset(1);
+    // f32
+    let z = MatRef::new(&logits, n, c).unwrap();
+    let a = Targets::Dense(MatRef::new(&targets, m, c).unwrap());
+    let r = reference::soft_infonce(&cfg, z, &a, &Request::loss_and_grad()).unwrap();
+    for backend in available_backends() {
+        let mut g = vec![0.0f32; n * c];
+        let loss = cfg
+            .backend(Some(backend))
+            .loss_and_grad(z, &a, MatMut::new(&mut g, n, c).unwrap())
+            .unwrap();
+        assert!(
+            close(loss as f64, r.loss, 1e-5 * r.loss.abs()),
+            "{backend}: {loss} vs {}",
+            r.loss
+        );
+        check(&format!("{backend} f32"), &g, &r.grad_logits, 1e-4, 0.0);
+    }
+    // bf16: the reference on the same (rounded) values; gradients to bf16 precision plus
+    // the dot-product path's rounding of the probabilities.
+    let zb: Vec<half::bf16> = logits.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let ab: Vec<half::bf16> = targets.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let z = MatRef::new(&zb, n, c).unwrap();
+    let a = Targets::Dense(MatRef::new(&ab, m, c).unwrap());
+    let r = reference::soft_infonce(&cfg, z, &a, &Request::loss_and_grad()).unwrap();
+    let k = 1.0 / (n as f64 * 0.7);
+    for backend in available_backends() {
+        let mut g = vec![half::bf16::ZERO; n * c];
+        let loss = cfg
+            .backend(Some(backend))
+            .loss_and_grad(z, &a, MatMut::new(&mut g, n, c).unwrap())
+            .unwrap();
+        assert!(
+            close(loss as f64, r.loss, 1e-5 * r.loss.abs()),
+            "{backend} bf16: {loss} vs {}",
+            r.loss
+        );
+        for i in 0..n {
+            for col in 0..c {
+                let b = r.grad_logits[i * c + col];
+                let a_p = ab[(i + 1) * c + col].to_f64();
+                let tol = 2f64.powi(-8) * (b.abs() + (b + k * a_p).abs()) + 1e-6 * k;
+                let got = g[i * c + col].to_f64();
+                assert!(
+                    (got - b).abs() <= tol,
+                    "{backend} bf16: grad[{i},{col}] {got} vs {b}"
+                );
+            }
+        }
+    }
+}

@@ -64,7 +64,9 @@ impl NceProblem<'_> {
 }
 
 /// `o_r[k] += Σ_j p_r[j] · a_j[k]` for `RI` rows and `k` in `[k0, c)` (`p_r` has one
-/// weight per pointer in `a`).
+/// weight per pointer in `a`). The addresses in `pf` (the caller's next accumulator block,
+/// which may be far out in memory) are prefetched one per target during the first
+/// columns, so their latency hides behind this call's multiply-adds.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `o` pointers valid for reading and writing `c` floats, `a` pointers
@@ -76,10 +78,11 @@ unsafe fn axpy_tile<V: F32x, const RI: usize>(
     a: &[*const f32],
     k0: usize,
     c: usize,
+    pf: &[*const f32],
 ) {
     let l = V::LANES;
     // SAFETY: accesses stay in `[k0, c)` (two full vectors, one full vector, then a partial
-    // one).
+    // one); prefetches are hints that never fault.
     unsafe {
         let mut k = k0;
         while k + 2 * l <= c {
@@ -89,6 +92,9 @@ unsafe fn axpy_tile<V: F32x, const RI: usize>(
                 acc[r][1] = V::load(o[r].add(k + l));
             }
             for (j, &aj) in a.iter().enumerate() {
+                if k == k0 && j < pf.len() {
+                    V::prefetch(pf[j]);
+                }
                 let a0 = V::load(aj.add(k));
                 let a1 = V::load(aj.add(k + l));
                 for r in 0..RI {
@@ -158,30 +164,54 @@ const KC: usize = 128;
 
 /// Packs targets `[j0, j1)`, columns `[k0, k0 + kc)` into `panel` as
 /// `[target vector][k][lane]` (targets past `j1` are zero), so that the score kernel loads
-/// one vector of targets per column.
-fn pack_panel(
+/// one vector of targets per column. Whole `LANES × LANES` blocks go through register
+/// transposes ([`F32x::transpose`]); the last `kc mod LANES` columns one by one.
+///
+/// # Safety
+/// `V`'s CPU requirement; `[j0, j1)` are target rows of `p`, at most `tile` of them;
+/// `k0 + kc <= C`; `panel` holds `tile × kc` floats.
+#[inline(always)]
+unsafe fn pack_panel<V: F32x>(
     p: &NceProblem<'_>,
     targets: std::ops::Range<usize>,
     k0: usize,
     kc: usize,
-    shape: (usize, usize),
+    tile: usize,
     panel: &mut [f32],
 ) {
+    const ZEROS: [f32; 16] = [0.0; 16];
     let (j0, j1) = (targets.start, targets.end);
-    let (lanes, tile) = shape;
+    let lanes = V::LANES;
+    let whole = kc - kc % lanes;
     for jv in 0..tile / lanes {
         let base = jv * kc * lanes;
-        for lane in 0..lanes {
+        let row = |lane: usize| {
             let j = j0 + jv * lanes + lane;
-            if j < j1 {
-                let row = &p.a_row(j)[k0..k0 + kc];
-                for (k, &v) in row.iter().enumerate() {
-                    panel[base + k * lanes + lane] = v;
-                }
-            } else {
-                for k in 0..kc {
-                    panel[base + k * lanes + lane] = 0.0;
-                }
+            (j < j1).then(|| p.a_row(j))
+        };
+        let mut k = 0;
+        while k < whole {
+            // SAFETY: V's CPU requirement is the caller's; each source reads `lanes` floats
+            // at `k0 + k + lanes <= C` of its row (or the zero block, never advanced), and
+            // destination row `q` is `panel[base + (k + q)·lanes ..][..lanes]`, inside the
+            // panel's `tile × kc` floats.
+            unsafe {
+                let src: [*const f32; 16] =
+                    std::array::from_fn(|q| match (q < lanes).then(|| row(q)).flatten() {
+                        Some(r) => r.as_ptr().add(k0 + k),
+                        None => ZEROS.as_ptr(),
+                    });
+                let pp = panel.as_mut_ptr();
+                let dst: [*mut f32; 16] =
+                    std::array::from_fn(|q| pp.add(base + (k + q.min(lanes - 1)) * lanes));
+                V::transpose(&src, &dst);
+            }
+            k += lanes;
+        }
+        for lane in 0..lanes {
+            let r = row(lane);
+            for kk in whole..kc {
+                panel[base + kk * lanes + lane] = r.map_or(0.0, |r| r[k0 + kk]);
             }
         }
     }
@@ -270,14 +300,8 @@ unsafe fn score_tile_packed<V: F32x>(
         let mut k0 = 0;
         while k0 < c {
             let kc = (c - k0).min(KC);
-            pack_panel(
-                p,
-                j0..j1,
-                k0,
-                kc,
-                (l, tile),
-                &mut panel[tile * k0..tile * (k0 + kc)],
-            );
+            // SAFETY: V's CPU requirement is the caller's; the chunk holds `tile × kc` floats.
+            unsafe { pack_panel::<V>(p, j0..j1, k0, kc, tile, &mut panel[tile * k0..tile * (k0 + kc)]) };
             k0 += kc;
         }
     }
@@ -293,7 +317,7 @@ unsafe fn score_tile_packed<V: F32x>(
                 let chunk = if whole {
                     panel.as_ptr().add(tile * k0)
                 } else {
-                    pack_panel(p, j0..j1, k0, kc, (l, tile), &mut panel[..tile * kc]);
+                    pack_panel::<V>(p, j0..j1, k0, kc, tile, &mut panel[..tile * kc]);
                     panel.as_ptr()
                 };
                 let first = k0 == 0;
@@ -460,12 +484,25 @@ unsafe fn clean_rows<V: F32x>(
                     let mut r = 0;
                     while r < nr {
                         if rg == 8 && nr - r >= 8 {
+                            // The next group's accumulator block, one address per cache line
+                            // (with C = 10⁴ the slab's accumulators outgrow the caches).
+                            let mut pf = [std::ptr::null::<f32>(); 64];
+                            let mut npf = 0;
+                            for &o in &optrs[r + 8..nr.min(r + 16)] {
+                                let mut col = cb;
+                                while col < ce && npf < pf.len() {
+                                    pf[npf] = o.add(col);
+                                    npf += 1;
+                                    col += 16;
+                                }
+                            }
                             axpy_tile::<V, 8>(
                                 std::array::from_fn(|q| optrs[r + q]),
                                 std::array::from_fn(|q| prow(r + q)),
                                 &aptrs,
                                 cb,
                                 ce,
+                                &pf[..npf],
                             );
                             r += 8;
                         } else if nr - r >= 4 {
@@ -475,10 +512,11 @@ unsafe fn clean_rows<V: F32x>(
                                 &aptrs,
                                 cb,
                                 ce,
+                                &[],
                             );
                             r += 4;
                         } else {
-                            axpy_tile::<V, 1>([optrs[r]], [prow(r)], &aptrs, cb, ce);
+                            axpy_tile::<V, 1>([optrs[r]], [prow(r)], &aptrs, cb, ce, &[]);
                             r += 1;
                         }
                     }
@@ -824,6 +862,7 @@ unsafe fn grad_targets_generic<V: F32x>(
                                 &gptrs,
                                 cb,
                                 ce,
+                                &[],
                             );
                         } else {
                             for t in 0..q {
@@ -833,6 +872,7 @@ unsafe fn grad_targets_generic<V: F32x>(
                                     &gptrs,
                                     cb,
                                     ce,
+                                    &[],
                                 );
                             }
                         }
