@@ -170,7 +170,7 @@ impl Isa {
 // Routing of validated calls.
 
 use crate::kernels::cross_entropy::{ce_block, kernel_temperature_ok, CeProblem, CeTargets, RowScale};
-use crate::kernels::elem::KElem;
+use crate::kernels::elem::{narrow_row, widen_row, KElem};
 use crate::kernels::for_row_blocks;
 use crate::kernels::infonce::{grad_targets, nce_block, Bf16Data, NceProblem};
 use crate::kernels::infonce_structured::{snce_block, FlatTargets, SnceProblem};
@@ -357,35 +357,42 @@ fn dense_infonce(
     reduced(reduction, total, n)
 }
 
-/// The rows of `m` widened to a contiguous `f32` matrix (all threads).
-fn widen<T: Element>(m: MatRef<'_, T>) -> Vec<f32> {
-    let c = m.cols();
-    let mut out = vec![0.0f32; m.rows() * c];
-    out.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, row)| {
-        for (o, v) in row.iter_mut().zip(m.row(i)) {
-            *o = v.to_f32();
-        }
-    });
-    out
+/// The rows of `m` widened into the contiguous `f32` matrix `out` (all threads).
+fn widen_into<T: Element>(isa: Isa, m: MatRef<'_, T>, out: &mut [f32]) {
+    fn rows<T: Element, E: KElem>(isa: Isa, m: MatRef<'_, T>, out: &mut [f32]) {
+        let c = m.cols();
+        out.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, row)| {
+            widen_row(isa, E::cast(m.row(i)).expect("E is T"), row);
+        });
+    }
+    match kind::<T>() {
+        Kind::F32 => rows::<T, f32>(isa, m, out),
+        Kind::Bf16 => rows::<T, half::bf16>(isa, m, out),
+        Kind::F16 => rows::<T, half::f16>(isa, m, out),
+    }
 }
 
 /// Rounds a contiguous `f32` result into the caller's (strided) output, once per element.
-fn narrow_into<T: Element>(src: &[f32], dst: MatMut<'_, T>) {
-    let (data, rows, cols, stride) = dst.into_parts();
-    data.par_chunks_mut(stride.max(1))
-        .take(rows)
-        .zip(src.par_chunks(cols.max(1)))
-        .for_each(|(d, s)| {
-            for (o, &v) in d[..cols].iter_mut().zip(s) {
-                *o = T::from_f32(v);
-            }
-        });
+fn narrow_into<T: Element>(isa: Isa, src: &[f32], dst: MatMut<'_, T>) {
+    fn rows<T: Element, E: KElem>(isa: Isa, src: &[f32], dst: MatMut<'_, T>) {
+        let (data, rows, cols, stride) = dst.into_parts();
+        data.par_chunks_mut(stride.max(1))
+            .take(rows)
+            .zip(src.par_chunks(cols.max(1)))
+            .for_each(|(d, s)| narrow_row(isa, s, E::cast_mut(&mut d[..cols]).expect("E is T")));
+    }
+    match kind::<T>() {
+        Kind::F32 => rows::<T, f32>(isa, src, dst),
+        Kind::Bf16 => rows::<T, half::bf16>(isa, src, dst),
+        Kind::F16 => rows::<T, half::f16>(isa, src, dst),
+    }
 }
 
-/// Soft-target InfoNCE with dense targets on `bf16`/`f16` data for now runs the `f32` kernels
-/// on widened copies of the logits and targets (`N × C` and `M × C` temporaries) and rounds
-/// the gradients once at the end: the dense kernel does not convert in its loads yet (the
-/// structured one does).
+/// Soft-target InfoNCE with dense targets on `bf16`/`f16` data: the `f32` kernel on widened
+/// copies of the logits and targets (`N × C` and `M × C` temporaries, converted with the
+/// backend's vector conversions), the gradients rounded once at the end. With AVX-512 BF16,
+/// `bf16` tile products run on the original bits (`bf16_bits`); the widened copies serve
+/// the rest (rows with non-finite logits, the epilogue, the target gradient).
 fn soft_infonce_widened<T: Element>(
     isa: Isa,
     cfg: &SoftInfoNce<'_>,
@@ -394,43 +401,69 @@ fn soft_infonce_widened<T: Element>(
     outputs: Outputs<'_, T>,
 ) -> f32 {
     let (n, c, m) = (logits.rows(), logits.cols(), targets.rows());
-    let z = widen(logits);
-    let dense = widen(targets);
-    let targets32 = Targets::Dense(MatRef::new(&dense, m, c).expect("same shape"));
-    let mut g = vec![0.0f32; if outputs.grad_logits.is_some() { n * c } else { 0 }];
-    let mut gt = vec![0.0f32; if outputs.grad_targets.is_some() { m * c } else { 0 }];
-    let out32 = Outputs {
-        row_losses: outputs.row_losses,
-        grad_logits: outputs
-            .grad_logits
-            .as_ref()
-            .map(|_| MatMut::new(&mut g, n, c).expect("same shape")),
-        grad_targets: outputs
-            .grad_targets
-            .as_ref()
-            .map(|_| MatMut::new(&mut gt, m, c).expect("same shape")),
-        upstream: outputs.upstream,
-    };
-    let z32 = MatRef::new(&z, n, c).expect("same shape");
-    let loss = match bf16_bits(isa, &logits, &targets) {
-        // The tile products on the AVX-512 BF16 dot product, on the original bits.
-        Some(d) => dense_infonce(
-            isa,
-            cfg,
-            z32,
-            MatRef::new(&dense, m, c).expect("same shape"),
-            Some(d),
-            out32,
-        ),
-        None => soft_infonce::<f32>(isa, cfg, z32, &targets32, out32),
-    };
-    if let Some(dst) = outputs.grad_logits {
-        narrow_into(&g, dst);
+    let (gn, gm) = (
+        if outputs.grad_logits.is_some() { n * c } else { 0 },
+        if outputs.grad_targets.is_some() { m * c } else { 0 },
+    );
+    with_wide_scratch(n * c + m * c + gn + gm, |buf| {
+        let (z, rest) = buf.split_at_mut(n * c);
+        let (dense, rest) = rest.split_at_mut(m * c);
+        let (g, gt) = rest.split_at_mut(gn);
+        widen_into(isa, logits, z);
+        widen_into(isa, targets, dense);
+        let (z, dense) = (&*z, &*dense);
+        let out32 = Outputs {
+            row_losses: outputs.row_losses,
+            grad_logits: outputs
+                .grad_logits
+                .as_ref()
+                .map(|_| MatMut::new(&mut *g, n, c).expect("same shape")),
+            grad_targets: outputs
+                .grad_targets
+                .as_ref()
+                .map(|_| MatMut::new(&mut *gt, m, c).expect("same shape")),
+            upstream: outputs.upstream,
+        };
+        let z32 = MatRef::new(z, n, c).expect("same shape");
+        let a32 = MatRef::new(dense, m, c).expect("same shape");
+        let loss = match bf16_bits(isa, &logits, &targets) {
+            // The tile products on the AVX-512 BF16 dot product, on the original bits.
+            Some(d) => dense_infonce(isa, cfg, z32, a32, Some(d), out32),
+            None => soft_infonce::<f32>(isa, cfg, z32, &Targets::Dense(a32), out32),
+        };
+        if let Some(dst) = outputs.grad_logits {
+            narrow_into(isa, g, dst);
+        }
+        if let Some(dst) = outputs.grad_targets {
+            narrow_into(isa, gt, dst);
+        }
+        loss
+    })
+}
+
+/// Largest widened scratch (in floats, 16 MiB) kept on a thread between calls.
+const WIDE_KEEP: usize = 4 << 20;
+
+thread_local! {
+    /// The widened copies of [`soft_infonce_widened`], reused across calls on this thread:
+    /// fresh megabyte-sized buffers page-fault on every call, which at 256 × 256 × 1000
+    /// cost more than the kernel. Larger requests get a fresh buffer (their product
+    /// dwarfs the page faults) so that no more than [`WIDE_KEEP`] floats stay allocated.
+    static WIDE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of scratch (contents unspecified).
+fn with_wide_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    if len > WIDE_KEEP {
+        return f(&mut vec![0.0f32; len]);
     }
-    if let Some(dst) = outputs.grad_targets {
-        narrow_into(&gt, dst);
+    let mut buf = WIDE.with(|cell| cell.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
     }
-    loss
+    let r = f(&mut buf[..len]);
+    WIDE.with(|cell| cell.set(buf));
+    r
 }
 
 /// The raw bits of `bf16` logits and targets when dense InfoNCE can run its tile products on

@@ -54,7 +54,9 @@
 //! Every call checks its inputs and outputs first and returns a typed [`Error`] (never a
 //! panic) for bad shapes, strides, temperatures, offsets, labels, smoothing or mixing weights,
 //! negative or non-finite target weights, non-positive noise probabilities and malformed
-//! sparse rows; on error nothing is written. Non-finite logits are data, handled as the
+//! sparse rows; on error nothing is written (one exception: soft cross-entropy checks
+//! *dense* target weights inside its kernel, see
+//! [`SoftCrossEntropy::check_targets`]). Non-finite logits are data, handled as the
 //! [`reference`](mod@crate::reference) module documents: `0·(−∞) = 0`, NaN (and `+∞`) logits make their row NaN,
 //! and a row with no finite candidate has loss `+∞`.
 //!
@@ -65,8 +67,20 @@
 //! `.backend(Some(..))` forces one ([`available_backends`] lists what this CPU runs; forcing
 //! a missing one is [`Error::BackendUnavailable`]). Large calls run on rayon over blocks of
 //! rows whose partition depends only on the shape, so results do not depend on the number
-//! of threads. Every loss runs on the SIMD kernels for `f32` (structured InfoNCE targets by
-//! gathers, not a product); the half-precision types currently run on the scalar reference.
+//! of threads. Every loss and target form runs on the SIMD kernels (structured InfoNCE
+//! targets by gathers, not a product).
+//!
+//! ## Half precision
+//! `bf16` and `f16` logits, dense targets and gradients are converted inside the kernels
+//! (AVX-512 / F16C conversions, `bf16` as a 16-bit shift, NEON conversions), everything is
+//! accumulated in `f32`, and each gradient element is rounded once to the caller's type
+//! (the target class's `softmax − 1` computed in `f32` first). Dense InfoNCE on `bf16` runs
+//! both tile products on the AVX-512 BF16 dot product (`vdpbf16ps`, two multiply-adds per
+//! lane) where the CPU has it: scores are as accurate as in `f32` (products of two `bf16`
+//! are exact), but the accumulator `Σ_j P_ij a_j` rounds each probability to `bf16`, so a
+//! gradient element may move by `u·|g + k·a_p|` (`u = 2⁻⁸`, `k` its row's `scale/t`) beyond
+//! its final rounding: the size of that rounding, except where `Σ_j P_ij a_j` and `a_p`
+//! nearly cancel. Without AVX-512 BF16, and for `f16`, dense InfoNCE widens to `f32`.
 //!
 //! ## Layout
 //! - [`reference`](mod@crate::reference): the scalar `f64` oracle every fast path is tested against;

@@ -129,3 +129,55 @@ unsafe impl KElem for f16 {
         unsafe { v.store_f16(p.cast()) }
     }
 }
+
+/// `dst = src` widened to `f32`, a vector at a time.
+///
+/// # Safety
+/// `V`'s CPU requirement; `dst` and `src` have the same length.
+#[inline(always)]
+unsafe fn widen_generic<V: F32x, E: KElem>(src: &[E], dst: &mut [f32]) {
+    let (n, l) = (src.len(), V::LANES);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: full vectors below `n`, then one partial vector, inside both slices.
+    unsafe {
+        let mut i = 0;
+        while i + l <= n {
+            E::load::<V>(sp.add(i)).store(dp.add(i));
+            i += l;
+        }
+        if i < n {
+            E::load_partial::<V>(sp.add(i), n - i, 0.0).store_partial(dp.add(i), n - i);
+        }
+    }
+}
+
+/// `dst = src` rounded to `E` (nearest even), a vector at a time.
+///
+/// # Safety
+/// `V`'s CPU requirement; `dst` and `src` have the same length.
+#[inline(always)]
+unsafe fn narrow_generic<V: F32x, E: KElem>(src: &[f32], dst: &mut [E]) {
+    let (n, l) = (src.len(), V::LANES);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: full vectors below `n`, then one partial vector, inside both slices.
+    unsafe {
+        let mut i = 0;
+        while i + l <= n {
+            E::store::<V>(V::load(sp.add(i)), dp.add(i));
+            i += l;
+        }
+        if i < n {
+            E::store_partial::<V>(V::load_partial(sp.add(i), n - i, 0.0), dp.add(i), n - i);
+        }
+    }
+}
+
+super::stamp! {
+    /// Widens a row to `f32` on the backend `isa` (`src` and `dst` of equal length).
+    pub(crate) fn widen_row<E: KElem>(src: &[E], dst: &mut [f32]) -> () = widen_generic;
+}
+
+super::stamp! {
+    /// Rounds a row of `f32` to `E` on the backend `isa` (equal lengths).
+    pub(crate) fn narrow_row<E: KElem>(src: &[f32], dst: &mut [E]) -> () = narrow_generic;
+}
