@@ -15,7 +15,9 @@ shape = "{} x {}".format(d["n"], d["c"]) if d["loss_kind"] != "soft-infonce" els
 ms = d["median_ms"]
 t = "{:.1f} ms".format(ms) if ms >= 1 else "{:.0f} us".format(ms * 1000)
 if "fma_peak_gflops" in d:
-    rate = "{:.0f} of {:.0f} GFLOP/s ({:.0f}%)".format(d["gflops"], d["fma_peak_gflops"], 100 * d["fraction_of_peak"])
+    rate = "{:.0f} of {:.0f} GFLOP/s ({:.0f}%{})".format(
+        d["gflops"], d["fma_peak_gflops"], 100 * d["fraction_of_peak"],
+        " of the bf16 dot-product peak" if d.get("peak_kind") == "bf16-dot" else "")
 elif "gflops" in d:
     rate = "{:.0f} GFLOP/s".format(d["gflops"])
 elif "stream_gbps" in d:

@@ -15,9 +15,10 @@
 //! fraction reached. Note the kernels write gradients above 64 MiB with non-temporal
 //! stores, which the plain-store loop does not use.
 //! `--trust-targets` turns off the scan of dense target weights (`check_targets(false)`).
-//! `--peak` (dense InfoNCE) measures the FMA peak of the same threads with a register-only
-//! loop in the same run and reports the fraction reached. `--grad-targets` (dense InfoNCE)
-//! also computes the gradient with respect to the targets. `--densify` passes a structured
+//! `--peak` (dense InfoNCE) measures the FMA peak (for `bf16` on AVX-512 BF16: the
+//! `vdpbf16ps` peak) of the same threads with a register-only loop in the same run and
+//! reports the fraction reached. `--grad-targets` (dense InfoNCE) also computes the
+//! gradient with respect to the targets. `--densify` passes a structured
 //! form (`hard|mixed|sparse`) as the equal dense matrix instead, to time the dense kernels on
 //! the same targets. `--dtype` sets the element type of logits, dense targets and gradients
 //! (`gbps` then counts that type's bytes).
@@ -187,6 +188,64 @@ fn stream_gbps(len: usize, dense: bool, reps: usize) -> f64 {
     }
     times.remove(0);
     ((if dense { 12 } else { 8 }) * len) as f64 / median(&mut times) / 1e9
+}
+
+/// Whether dense bf16 InfoNCE takes the AVX-512 BF16 dot-product path for this `--backend`.
+fn bf16_dot_available(backend: &Option<softnce::Backend>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let b = backend.or_else(|| softnce::default_backend().ok());
+        b == Some(softnce::Backend::Avx512) && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = backend;
+        false
+    }
+}
+
+/// The `vdpbf16ps` peak of the pool's threads in GFLOP/s (64 flops per instruction: 16
+/// lanes × 2 products × multiply and add), from a register-only loop. `None` without
+/// AVX-512 BF16.
+fn bf16_dot_peak_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        unsafe fn run(iters: usize) -> f32 {
+            let mut acc = [_mm512_set1_ps(1.0); 12];
+            // SAFETY: both are plain 512-bit vectors.
+            let (x, y): (__m512bh, __m512bh) = unsafe {
+                (
+                    std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80)),
+                    std::mem::transmute(_mm512_set1_epi32(0x33d6_33d6)),
+                )
+            };
+            for _ in 0..iters {
+                for a in acc.iter_mut() {
+                    *a = _mm512_dpbf16_ps(*a, x, y);
+                }
+            }
+            acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+        }
+        if !is_x86_feature_detected!("avx512bf16") {
+            return None;
+        }
+        let iters = 20_000_000usize;
+        let threads = rayon::current_num_threads();
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            // SAFETY: AVX-512 BF16 was detected above.
+            let r: Vec<f32> = rayon::broadcast(|_| unsafe { run(iters) });
+            black_box(r);
+            let secs = t0.elapsed().as_secs_f64();
+            best = best.max((threads * iters * 12 * 64) as f64 / secs / 1e9);
+        }
+        Some(best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// The FMA peak of the pool's threads in GFLOP/s: every thread runs a register-only loop of
@@ -400,10 +459,18 @@ fn run<T: Element>(args: &Args) {
         let gflops = flops / med / 1e9;
         json += &format!(",\"gflops\":{gflops:.2}");
         if args.peak {
-            if let Some(peak) = fma_peak_gflops() {
+            // Dense bf16 InfoNCE on AVX-512 BF16 runs on vdpbf16ps: its peak is the limit.
+            let dot = args.dtype == "bf16" && args.targets == "dense" && bf16_dot_available(&args.backend);
+            let peak = if dot {
+                bf16_dot_peak_gflops()
+            } else {
+                fma_peak_gflops()
+            };
+            if let Some(peak) = peak {
                 json += &format!(
-                    ",\"fma_peak_gflops\":{peak:.1},\"fraction_of_peak\":{:.3}",
-                    gflops / peak
+                    ",\"fma_peak_gflops\":{peak:.1},\"fraction_of_peak\":{:.3},\"peak_kind\":\"{}\"",
+                    gflops / peak,
+                    if dot { "bf16-dot" } else { "fma" }
                 );
             }
         }
