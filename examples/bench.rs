@@ -217,8 +217,8 @@ fn bf16_dot_peak_gflops() -> Option<f64> {
             // SAFETY: both are plain 512-bit vectors.
             let (x, y): (__m512bh, __m512bh) = unsafe {
                 (
-                    std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80)),
-                    std::mem::transmute(_mm512_set1_epi32(0x33d6_33d6)),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80)),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x33d6_33d6)),
                 )
             };
             for _ in 0..iters {
