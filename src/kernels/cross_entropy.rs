@@ -184,14 +184,8 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
     let (zp, ap, ep, np) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr(), next.as_ptr());
     // The previous row's gradient sweep rides along (see `dense_block`): `pj` is its next
     // column; its unaligned head (streaming stores need aligned vectors) goes first.
-    // A `match`, not a closure: the vector intrinsics would not inline into a closure,
-    // which does not get the entry point's CPU features.
-    #[allow(clippy::manual_map)] // `Option::map` takes a closure (see `dense_stats`)
-    let mut pg = match prev {
-        // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
-        Some(pg) => Some(unsafe { PrevSweep::<V, E>::start(pg) }),
-        None => None,
-    };
+    // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
+    let (sweep, mut pj) = unsafe { PrevSweep::<V, E>::start(prev) };
     // SAFETY: V's CPU features are guaranteed by the caller; the three slices have length n
     // and every access is a full vector below n or a partial one of n − i < l elements;
     // prefetches are hints that never fault.
@@ -205,9 +199,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             if i < next.len() {
                 V::prefetch(np.add(i).cast());
             }
-            if let Some(pg) = pg.as_mut() {
-                pg.step();
-            }
+            pj = sweep.step(pj);
             let av = E::load::<V>(ap.add(i));
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
             let ev = d.exp();
@@ -230,9 +222,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             lo = lo.min(av);
             tt = d.fma(av, tt);
         }
-        if let Some(pg) = pg {
-            pg.finish();
-        }
+        sweep.finish(pj);
         let mass = mass.hsum();
         // A NaN weight makes `mass` NaN whatever `min` does with it; `−hmax(−lo)` is the
         // smallest lane.
@@ -296,12 +286,8 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
     let l = V::LANES;
     let (zp, ep, np) = (z.as_ptr(), e.as_mut_ptr(), next.as_ptr());
     // The previous row's gradient sweep rides along, as in `dense_stats`.
-    #[allow(clippy::manual_map)] // `Option::map` takes a closure (see `dense_stats`)
-    let mut pg = match prev {
-        // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
-        Some(pg) => Some(unsafe { PrevSweep::<V, E>::start(pg) }),
-        None => None,
-    };
+    // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
+    let (sweep, mut pj) = unsafe { PrevSweep::<V, E>::start(prev) };
     // SAFETY: as in `dense_stats`.
     unsafe {
         let vm = V::splat(m);
@@ -311,9 +297,7 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
             if i < next.len() {
                 V::prefetch(np.add(i).cast());
             }
-            if let Some(pg) = pg.as_mut() {
-                pg.step();
-            }
+            pj = sweep.step(pj);
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
             let ev = d.exp();
             ev.store(ep.add(i));
@@ -334,9 +318,7 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
                 r = r.sub(d.zero_where_zero(tail_mask::<V>(k)));
             }
         }
-        if let Some(pg) = pg {
-            pg.finish();
-        }
+        sweep.finish(pj);
         (s.hsum(), if want_r { r.hsum() } else { 0.0 })
     }
 }
@@ -387,83 +369,111 @@ fn a_ptr<E>(a: Option<&[E]>) -> *const E {
 }
 
 /// [`PrevGrad`]'s sweep, one vector per [`step`](Self::step), interleaved with the next
-/// row's statistics sweep.
-struct PrevSweep<'a, V, E> {
-    pg: PrevGrad<'a, E>,
+/// row's statistics sweep. Plain `Copy` data with the column index kept by the caller, so
+/// that the fused loop keeps everything in registers (a `&mut` state struct made the
+/// compiler spill the loop's accumulators to the stack). Without a previous row `n` is 0
+/// and every step is a no-op.
+#[derive(Clone, Copy)]
+struct PrevSweep<V, E> {
+    e: *const f32,
+    a: *const E,
+    g: *mut E,
+    n: usize,
     v1: V,
     v2: V,
-    /// The next column to write.
-    j: usize,
     /// Whether whole vectors are written with streaming stores.
     nt: bool,
 }
 
-impl<'a, V: F32x, E: KElem> PrevSweep<'a, V, E> {
-    /// Writes the unaligned head (when streaming) and returns the sweep.
+impl<V: F32x, E: KElem> PrevSweep<V, E> {
+    /// Writes the unaligned head (when streaming); returns the sweep and its next column.
     ///
     /// # Safety
-    /// `V`'s CPU requirement; `e`, `a` and `g` have the same length.
+    /// `V`'s CPU requirement; `e`, `a` (if any) and `g` have the same length.
     #[inline(always)]
-    unsafe fn start(pg: PrevGrad<'a, E>) -> Self {
-        let n = pg.e.len();
+    unsafe fn start(prev: Option<PrevGrad<'_, E>>) -> (Self, usize) {
         let l = V::LANES;
-        let nt = pg.stream && E::IS_F32;
         // SAFETY: V's CPU requirement is the caller's; the head is at most `n` elements.
         unsafe {
-            let (v1, v2) = (V::splat(pg.c1), V::splat(pg.c2));
-            let mut j = 0;
-            if nt {
-                let gf = pg.g.as_mut_ptr().cast::<f32>();
-                let head = ((l * 4 - (gf as usize) % (l * 4)) % (l * 4) / 4).min(n);
-                if head > 0 {
-                    grad_vec::<V, E>(pg.e.as_ptr(), a_ptr(pg.a), 0, head, v1, v2).store_partial(gf, head);
-                    j = head;
+            match prev {
+                None => (
+                    PrevSweep {
+                        e: std::ptr::null(),
+                        a: std::ptr::null(),
+                        g: std::ptr::null_mut(),
+                        n: 0,
+                        v1: V::zero(),
+                        v2: V::zero(),
+                        nt: false,
+                    },
+                    0,
+                ),
+                Some(pg) => {
+                    let n = pg.e.len();
+                    let nt = pg.stream && E::IS_F32;
+                    let (v1, v2) = (V::splat(pg.c1), V::splat(pg.c2));
+                    let sweep = PrevSweep {
+                        e: pg.e.as_ptr(),
+                        a: a_ptr(pg.a),
+                        g: pg.g.as_mut_ptr(),
+                        n,
+                        v1,
+                        v2,
+                        nt,
+                    };
+                    let mut j = 0;
+                    if nt {
+                        let gf = sweep.g.cast::<f32>();
+                        let head = ((l * 4 - (gf as usize) % (l * 4)) % (l * 4) / 4).min(n);
+                        if head > 0 {
+                            grad_vec::<V, E>(sweep.e, sweep.a, 0, head, v1, v2).store_partial(gf, head);
+                            j = head;
+                        }
+                    }
+                    (sweep, j)
                 }
             }
-            PrevSweep { pg, v1, v2, j, nt }
         }
     }
 
-    /// Writes the next whole vector, if one is left.
+    /// Writes the whole vector at column `j`, if it fits; returns the next column.
     ///
     /// # Safety
-    /// `V`'s CPU requirement.
+    /// `V`'s CPU requirement; `j` came from [`start`](Self::start) or `step`.
     #[inline(always)]
-    unsafe fn step(&mut self) {
-        let (n, l) = (self.pg.e.len(), V::LANES);
-        if self.j + l > n {
-            return;
+    unsafe fn step(self, j: usize) -> usize {
+        let l = V::LANES;
+        if j + l > self.n {
+            return j;
         }
         // SAFETY: `j + l <= n`: a whole vector inside all three rows; with `nt` (E is f32),
         // `g + j` is aligned to the vector size (the head was written by `start`).
         unsafe {
-            let v = grad_vec::<V, E>(self.pg.e.as_ptr(), a_ptr(self.pg.a), self.j, l, self.v1, self.v2);
-            let gp = self.pg.g.as_mut_ptr();
+            let v = grad_vec::<V, E>(self.e, self.a, j, l, self.v1, self.v2);
             if self.nt {
-                v.store_stream(gp.cast::<f32>().add(self.j));
+                v.store_stream(self.g.cast::<f32>().add(j));
             } else {
-                E::store::<V>(v, gp.add(self.j));
+                E::store::<V>(v, self.g.add(j));
             }
         }
-        self.j += l;
+        j + l
     }
 
-    /// Writes whatever is left.
+    /// Writes whatever is left from column `j` on.
     ///
     /// # Safety
-    /// `V`'s CPU requirement.
+    /// As [`step`](Self::step).
     #[inline(always)]
-    unsafe fn finish(mut self) {
-        let (n, l) = (self.pg.e.len(), V::LANES);
+    unsafe fn finish(self, mut j: usize) {
+        let (n, l) = (self.n, V::LANES);
         // SAFETY: as in `step`, then one partial vector of fewer than `l` elements.
         unsafe {
-            while self.j + l <= n {
-                self.step();
+            while j + l <= n {
+                j = self.step(j);
             }
-            let j = self.j;
             if j < n {
-                let v = grad_vec::<V, E>(self.pg.e.as_ptr(), a_ptr(self.pg.a), j, n - j, self.v1, self.v2);
-                E::store_partial::<V>(v, self.pg.g.as_mut_ptr().add(j), n - j);
+                let v = grad_vec::<V, E>(self.e, self.a, j, n - j, self.v1, self.v2);
+                E::store_partial::<V>(v, self.g.add(j), n - j);
             }
         }
     }
