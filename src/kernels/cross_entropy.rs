@@ -110,7 +110,7 @@ pub(crate) fn kernel_temperature_ok(t: f32) -> bool {
 /// Sweep 1: the NaN-propagating maximum of the raw logits `z` over the row (the maximum of
 /// `u = z/t` is `max(z)/t`; the kernels only ever scale differences `z − max z`, so finite
 /// logits whose `z/t` would overflow f32 stay finite). The first `z.len()` elements of
-/// `next` are prefetched, one vector's worth per vector read (see [`dense_row`]).
+/// `next` are prefetched, one vector's worth per vector read (see [`dense_block`]).
 ///
 /// # Safety
 /// `V`'s CPU requirement.
@@ -164,8 +164,9 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`,
 /// returns `(S, mass, T, ok)` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even
 /// where `z_c = −∞`) and `ok` false if a weight may be negative or non-finite (a finite
-/// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector). `next` (part of the next row) is prefetched, one vector's worth per
-/// vector read (see [`dense_row`]).
+/// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector).
+/// `next` (part of the next row) is prefetched, one vector's worth per vector read, and
+/// `prev`'s gradient sweep (the previous row's) runs in the same loop (see [`dense_block`]).
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite.
@@ -268,7 +269,8 @@ unsafe fn masked_dot<V: F32x, E: KElem>(z: &[E], a: &[E], vm: V, tp: Temp) -> f3
 
 /// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
 /// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0). `next` (part
-/// of the next row) is prefetched, one vector's worth per vector read.
+/// of the next row) is prefetched, one vector's worth per vector read, and `prev`'s
+/// gradient sweep runs in the same loop (see [`structured_block`]).
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite.
@@ -479,8 +481,9 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
     }
 }
 
-/// Sweep 3: `g_c = e_c·c1 + a_c·c2` (dense, `a = Some`) or `g_c = e_c·c1 + c2` (structured).
-/// It prefetches nothing: its non-temporal stores already keep memory busy. With `stream`,
+/// Sweep 3 on its own (a block's last row, or a row before a special one; the others run
+/// fused through [`PrevSweep`]): `g_c = e_c·c1 + a_c·c2` (dense, `a = Some`) or
+/// `g_c = e_c·c1 + c2` (structured). With `stream`,
 /// whole aligned vectors are written with non-temporal stores (no read for ownership); the
 /// caller then issues [`F32x::stream_fence`] before the block completes.
 ///
