@@ -299,6 +299,7 @@ pub(crate) enum Entries<'a> {
 }
 
 impl Entries<'_> {
+    #[inline]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
         let (few, idx, w): (&[(u32, f32)], &[u32], &[f32]) = match self {
             Entries::Few(e, k) => (&e[..*k], &[], &[]),

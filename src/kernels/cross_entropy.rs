@@ -737,8 +737,8 @@ unsafe fn structured_block<V: F32x, E: KElem>(
     let tp = Temp::new(p.t);
     let gp = grad.map(|g| g.as_mut_ptr());
     let (mut e_cur, mut e_prev) = (e0, e1);
-    // The row whose gradient is still to write: (block row, problem row, c1, c2, k).
-    let mut pending: Option<(usize, usize, f32, f32, f32)> = None;
+    // The row whose gradient is still to write: (block row, its entries, c1, c2, k).
+    let mut pending: Option<(usize, crate::targets::Entries<'_>, f32, f32, f32)> = None;
     let mut total = 0.0f64;
     let end = rows.end;
     let zrow = |i: usize| &p.z[i * p.z_stride..i * p.z_stride + c];
@@ -775,26 +775,26 @@ unsafe fn structured_block<V: F32x, E: KElem>(
                     stream: p.stream,
                 });
                 let (sum, rr) = exp_stats::<V, E>(z, m, tp, e_cur, floor > 0.0, next_b, prev);
-                if let Some((pr, pi, c1, c2, pk)) = prev_row {
+                if let Some((pr, pe, c1, c2, pk)) = prev_row {
                     // The previous row's sweep is done: its explicit classes now.
                     let g = grow(pr).expect("pending rows have a gradient");
-                    fix_explicit(g, e_prev, s.row(pi, c).1, (c1, c2, pk), d);
+                    fix_explicit(g, e_prev, pe, (c1, c2, pk), d);
                 }
                 let mut loss = mass * sum.ln() + if floor > 0.0 { floor * rr } else { 0.0 };
                 for (cls, w) in entries.iter() {
                     loss += mul0(w, tp.scalar(m - z[cls as usize].to_f32()));
                 }
                 if gp.is_some() {
-                    pending = Some((r, i, k * mass / sum, -k * floor, k));
+                    pending = Some((r, entries, k * mass / sum, -k * floor, k));
                     std::mem::swap(&mut e_cur, &mut e_prev);
                 }
                 loss
             } else {
                 // A special row: finish the pending one first (it owns `e_prev`).
-                if let Some((pr, pi, c1, c2, pk)) = pending.take() {
+                if let Some((pr, pe, c1, c2, pk)) = pending.take() {
                     let g = grow(pr).expect("pending rows have a gradient");
                     write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
-                    fix_explicit(g, e_prev, s.row(pi, c).1, (c1, c2, pk), d);
+                    fix_explicit(g, e_prev, pe, (c1, c2, pk), d);
                 }
                 if m == f32::NEG_INFINITY {
                     if let Some(g) = grow(r) {
@@ -821,10 +821,10 @@ unsafe fn structured_block<V: F32x, E: KElem>(
             }
             total += loss as f64;
         }
-        if let Some((pr, pi, c1, c2, pk)) = pending {
+        if let Some((pr, pe, c1, c2, pk)) = pending {
             let g = grow(pr).expect("pending rows have a gradient");
             write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
-            fix_explicit(g, e_prev, s.row(pi, c).1, (c1, c2, pk), d);
+            fix_explicit(g, e_prev, pe, (c1, c2, pk), d);
         }
     }
     total
