@@ -190,6 +190,27 @@ fn stream_gbps(len: usize, dense: bool, reps: usize) -> f64 {
     ((if dense { 12 } else { 8 }) * len) as f64 / median(&mut times) / 1e9
 }
 
+/// GFLOP/s of the pool's threads all running the register-only loop `f(iters)`, which does
+/// `flops_per_iter` flops per iteration: the best of three timings.
+///
+/// # Safety
+/// The CPU has the features `f` needs.
+#[cfg(target_arch = "x86_64")]
+unsafe fn register_loop_gflops(f: unsafe fn(usize) -> f32, flops_per_iter: usize) -> f64 {
+    let iters = 20_000_000usize;
+    let threads = rayon::current_num_threads();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        // SAFETY: the caller's guarantee.
+        let r: Vec<f32> = rayon::broadcast(|_| unsafe { f(iters) });
+        black_box(r);
+        let secs = t0.elapsed().as_secs_f64();
+        best = best.max((threads * iters * flops_per_iter) as f64 / secs / 1e9);
+    }
+    best
+}
+
 /// Whether dense bf16 InfoNCE takes the AVX-512 BF16 dot-product path for this `--backend`.
 fn bf16_dot_available(backend: &Option<softnce::Backend>) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -231,18 +252,8 @@ fn bf16_dot_peak_gflops() -> Option<f64> {
         if !is_x86_feature_detected!("avx512bf16") {
             return None;
         }
-        let iters = 20_000_000usize;
-        let threads = rayon::current_num_threads();
-        let mut best = 0.0f64;
-        for _ in 0..3 {
-            let t0 = Instant::now();
-            // SAFETY: AVX-512 BF16 was detected above.
-            let r: Vec<f32> = rayon::broadcast(|_| unsafe { run(iters) });
-            black_box(r);
-            let secs = t0.elapsed().as_secs_f64();
-            best = best.max((threads * iters * 12 * 64) as f64 / secs / 1e9);
-        }
-        Some(best)
+        // SAFETY: AVX-512 BF16 was detected above.
+        Some(unsafe { register_loop_gflops(run, 12 * 64) })
     }
     #[cfg(not(target_arch = "x86_64"))]
     None
@@ -289,18 +300,8 @@ fn fma_peak_gflops() -> Option<f64> {
         } else {
             return None;
         };
-        let iters = 20_000_000usize;
-        let threads = rayon::current_num_threads();
-        let mut best = 0.0f64;
-        for _ in 0..3 {
-            let t0 = Instant::now();
-            // SAFETY: the feature the function needs was detected above.
-            let r: Vec<f32> = rayon::broadcast(|_| unsafe { f(iters) });
-            black_box(r);
-            let secs = t0.elapsed().as_secs_f64();
-            best = best.max((threads * iters * 12 * lanes * 2) as f64 / secs / 1e9);
-        }
-        Some(best)
+        // SAFETY: the feature the function needs was detected above.
+        Some(unsafe { register_loop_gflops(f, 12 * lanes * 2) })
     }
     #[cfg(not(target_arch = "x86_64"))]
     None
