@@ -218,18 +218,18 @@ pub(crate) fn soft_infonce<T: Element>(
     logits: MatRef<'_, T>,
     targets: &Targets<'_, T>,
     outputs: Outputs<'_, T>,
-) -> f32 {
+) -> Result<f32> {
     if kernel_temperature_ok(cfg.get_temperature()) {
         if let Some(st) = targets.structured() {
             let m = targets.rows();
-            return match kind::<T>() {
+            return Ok(match kind::<T>() {
                 Kind::F32 => structured_infonce::<T, f32>(isa, cfg, logits, m, &st, outputs),
                 Kind::Bf16 => structured_infonce::<T, half::bf16>(isa, cfg, logits, m, &st, outputs),
                 Kind::F16 => structured_infonce::<T, half::f16>(isa, cfg, logits, m, &st, outputs),
-            };
+            });
         }
         if let (Targets::Dense(a), false) = (targets, matches!(kind::<T>(), Kind::F32)) {
-            return soft_infonce_widened(isa, cfg, logits, *a, outputs);
+            return Ok(soft_infonce_widened(isa, cfg, logits, *a, outputs));
         }
     }
     let dense = match targets {
@@ -238,9 +238,9 @@ pub(crate) fn soft_infonce<T: Element>(
     };
     let z = f32::cast(logits.data()).filter(|_| kernel_temperature_ok(cfg.get_temperature()));
     let (Some(z), Some((a, a_stride, m))) = (z, dense) else {
-        let r = reference::soft_infonce(cfg, logits, targets, &request(&outputs))
-            .expect("inputs were validated before dispatch");
-        return write(r, outputs);
+        // The reference scans dense target weights itself, even with `check_targets(false)`.
+        let r = reference::soft_infonce(cfg, logits, targets, &request(&outputs))?;
+        return Ok(write(r, outputs));
     };
     let outputs = Outputs {
         row_losses: outputs.row_losses,
@@ -250,7 +250,7 @@ pub(crate) fn soft_infonce<T: Element>(
     };
     let z = MatRef::with_stride(z, logits.rows(), logits.cols(), logits.stride()).expect("validated");
     let a = MatRef::with_stride(a, m, logits.cols(), a_stride).expect("validated");
-    dense_infonce(isa, cfg, z, a, None, outputs)
+    Ok(dense_infonce(isa, cfg, z, a, None, outputs))
 }
 
 /// `T` is `f32` here: the same matrix with its element type spelled out.
@@ -426,11 +426,8 @@ fn soft_infonce_widened<T: Element>(
         };
         let z32 = MatRef::new(z, n, c).expect("same shape");
         let a32 = MatRef::new(dense, m, c).expect("same shape");
-        let loss = match bf16_bits(isa, &logits, &targets) {
-            // The tile products on the AVX-512 BF16 dot product, on the original bits.
-            Some(d) => dense_infonce(isa, cfg, z32, a32, Some(d), out32),
-            None => soft_infonce::<f32>(isa, cfg, z32, &Targets::Dense(a32), out32),
-        };
+        // With AVX-512 BF16, the tile products run on the original bits.
+        let loss = dense_infonce(isa, cfg, z32, a32, bf16_bits(isa, &logits, &targets), out32);
         if let Some(dst) = outputs.grad_logits {
             narrow_into(isa, g, dst);
         }
@@ -715,15 +712,12 @@ pub(crate) fn soft_cross_entropy<T: Element>(
     outputs: Outputs<'_, T>,
 ) -> Result<f32> {
     let t = cfg.get_temperature();
-    let check_dense = cfg.get_check_targets() && matches!(targets, Targets::Dense(_));
     if !kernel_temperature_ok(t) {
-        if check_dense {
-            targets.validate(logits.cols(), Some(isa), true)?;
-        }
-        let r = reference::soft_cross_entropy(cfg, logits, targets, &request(&outputs))
-            .expect("inputs were validated before dispatch");
+        // The reference scans dense target weights itself (and reports a bad one).
+        let r = reference::soft_cross_entropy(cfg, logits, targets, &request(&outputs))?;
         return Ok(write(r, outputs));
     }
+    let check_dense = cfg.get_check_targets() && matches!(targets, Targets::Dense(_));
     let ce_targets = match targets {
         Targets::Dense(a) => CeTargets::Dense {
             a: a.data(),
@@ -760,12 +754,11 @@ pub(crate) fn hard_cross_entropy<T: Element>(
     logits: MatRef<'_, T>,
     labels: &[u32],
     outputs: Outputs<'_, T>,
-) -> f32 {
+) -> Result<f32> {
     let t = cfg.get_temperature();
     if !kernel_temperature_ok(t) {
-        let r = reference::hard_cross_entropy(cfg, logits, labels, &request(&outputs))
-            .expect("inputs were validated before dispatch");
-        return write(r, outputs);
+        let r = reference::hard_cross_entropy(cfg, logits, labels, &request(&outputs))?;
+        return Ok(write(r, outputs));
     }
     let ignore = cfg.get_ignore_index();
     let count = labels.iter().filter(|&&y| Some(y) != ignore).count();
@@ -776,12 +769,12 @@ pub(crate) fn hard_cross_entropy<T: Element>(
         },
         ignore,
     };
-    run_ce(
+    Ok(run_ce(
         isa,
         logits,
         (t, None),
         ce_targets,
         (cfg.get_reduction(), count),
         outputs,
-    )
+    ))
 }

@@ -282,7 +282,7 @@ pub fn soft_cross_entropy<T: Element>(
     targets: &Targets<'_, T>,
     req: &Request<'_>,
 ) -> Result<RefOutput> {
-    cfg.validate(&logits, targets, None)?;
+    cfg.validate(&logits, targets)?;
     check_request(cfg.get_reduction(), req, logits.rows())?;
     if req.grad_targets {
         return Err(Error::TargetGradientNeedsDense);

@@ -447,6 +447,37 @@ fn streaming_gradient_matches_reference() {
     }
 }
 
+/// Temperatures whose inverse overflows run on the reference, which always scans dense
+/// weights: with `check_targets(false)` an invalid weight is then an error, never a panic
+/// (soft CE and soft InfoNCE).
+#[test]
+fn unchecked_targets_on_the_reference_path_do_not_panic() {
+    let z = [0.5f32, -0.5, 1.0, 0.0];
+    let a = [0.5f32, -0.5, 0.0, 1.0];
+    let z = MatRef::new(&z, 2, 2).unwrap();
+    let t = Targets::Dense(MatRef::new(&a, 2, 2).unwrap());
+    for backend in available_backends() {
+        let r = SoftCrossEntropy::new()
+            .temperature(1e-40)
+            .check_targets(false)
+            .backend(Some(backend))
+            .loss(z, &t);
+        assert!(
+            matches!(r, Err(softnce::Error::InvalidTargetWeight { row: 0, col: 1, .. })),
+            "{backend}: {r:?}"
+        );
+        let r = softnce::SoftInfoNce::new()
+            .temperature(1e-40)
+            .check_targets(false)
+            .backend(Some(backend))
+            .loss(z, &t);
+        assert!(
+            matches!(r, Err(softnce::Error::InvalidTargetWeight { row: 0, col: 1, .. })),
+            "{backend} InfoNCE: {r:?}"
+        );
+    }
+}
+
 /// `check_targets(false)` skips the scan of dense weights: an invalid weight is then no
 /// error and no panic, while the default reports it.
 #[test]

@@ -161,7 +161,7 @@ impl HardCrossEntropy {
         if outputs.grad_targets.is_some() {
             return Err(Error::TargetGradientNeedsDense);
         }
-        Ok(dispatch::hard_cross_entropy(isa, self, logits, labels, outputs))
+        dispatch::hard_cross_entropy(isa, self, logits, labels, outputs)
     }
 
     /// Validates configuration and labels.

@@ -152,11 +152,12 @@ impl<'n> SoftInfoNce<'n> {
 
     /// Whether calls scan dense target weights for negative or non-finite values (default
     /// `true`). The scan reads the whole `M × C` target matrix once more before the kernel
-    /// runs (about a quarter of the memory traffic of a dense cross-entropy call), so a
-    /// training loop whose targets come from a trusted pipeline may turn it off. Without the
-    /// scan, invalid weights give unspecified values (typically NaN or infinite losses) but
-    /// never a panic or undefined behaviour. Shapes, labels and every other argument are
-    /// always checked, and the [`reference`](crate::reference) always scans.
+    /// runs (small next to the `N·M·C` product, but a full pass), so a training loop whose
+    /// targets come from a trusted pipeline may turn it off. Without the scan, invalid
+    /// weights give unspecified values (typically NaN or infinite losses) but never a panic
+    /// or undefined behaviour. Shapes, labels and every other argument are always checked,
+    /// and the [`reference`](crate::reference) always scans (so do calls whose temperature
+    /// is too small for the kernels and runs on it: they report an invalid weight).
     pub fn check_targets(mut self, check: bool) -> Self {
         self.check_targets = check;
         self
@@ -220,7 +221,7 @@ impl<'n> SoftInfoNce<'n> {
         if outputs.grad_targets.is_some() && !matches!(targets, Targets::Dense(_)) {
             return Err(Error::TargetGradientNeedsDense);
         }
-        Ok(dispatch::soft_infonce(isa, self, logits, targets, outputs))
+        dispatch::soft_infonce(isa, self, logits, targets, outputs)
     }
 
     /// Validates configuration, logits and targets; returns `M`.

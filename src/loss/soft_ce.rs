@@ -98,7 +98,9 @@ impl SoftCrossEntropy {
     /// values. Turning the check off saves the `min` and the final test; invalid weights
     /// then give unspecified values (typically NaN or infinite losses) but never a panic or
     /// undefined behaviour. Shapes, labels and every other argument are always checked
-    /// before anything is written, and the [`reference`](crate::reference) always scans.
+    /// before anything is written, and the [`reference`](crate::reference) always scans (so
+    /// do calls whose temperature is too small for the kernels and runs on it: they report
+    /// an invalid weight).
     pub fn check_targets(mut self, check: bool) -> Self {
         self.check_targets = check;
         self
@@ -167,31 +169,28 @@ impl SoftCrossEntropy {
     /// [`validate`](Self::validate) without the scan of dense target weights (the kernels
     /// do it while they read them).
     fn validate_shapes<T: Element>(&self, logits: &MatRef<'_, T>, targets: &Targets<'_, T>) -> Result<usize> {
-        self.validate_inner(logits, targets, None, false)
+        self.validate_inner(logits, targets, false)
     }
 
-    /// Validates configuration, logits and targets; returns `M` (= `N`). Dense target
-    /// weights are scanned when [`check_targets`](Self::check_targets) is on or `isa` is
-    /// `None` (the reference).
+    /// Validates configuration, logits and targets, dense target weights included (the
+    /// reference always scans them); returns `M` (= `N`).
     pub(crate) fn validate<T: Element>(
         &self,
         logits: &MatRef<'_, T>,
         targets: &Targets<'_, T>,
-        isa: Option<Isa>,
     ) -> Result<usize> {
-        self.validate_inner(logits, targets, isa, self.check_targets || isa.is_none())
+        self.validate_inner(logits, targets, true)
     }
 
     fn validate_inner<T: Element>(
         &self,
         logits: &MatRef<'_, T>,
         targets: &Targets<'_, T>,
-        isa: Option<Isa>,
         check_dense: bool,
     ) -> Result<usize> {
         check_logits(logits)?;
         check_temperature(self.temperature)?;
-        let m = targets.validate(logits.cols(), isa, check_dense)?;
+        let m = targets.validate(logits.cols(), None, check_dense)?;
         if m != logits.rows() {
             return Err(Error::ShapeMismatch {
                 what: "cross-entropy target rows vs logit rows",
