@@ -217,7 +217,7 @@ fn dense_infonce_large_and_thread_independent() {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let mut g = vec![0.0f32; n * c];
+            let mut g = vec![f32::NAN; n * c]; // overwritten, never read
             let loss = pool.install(|| {
                 cfg.backend(Some(backend))
                     .loss_and_grad(z, &a, MatMut::new(&mut g, n, c).unwrap())
@@ -263,7 +263,7 @@ fn dense_infonce_several_sub_blocks() {
     let a = Targets::Dense(MatRef::new(&targets, m, c).unwrap());
     let r = reference::soft_infonce(&cfg, z, &a, &Request::loss_and_grad()).unwrap();
     for backend in available_backends() {
-        let mut g = vec![0.0f32; n * c];
+        let mut g = vec![f32::NAN; n * c]; // overwritten, never read
         let loss = cfg
             .backend(Some(backend))
             .loss_and_grad(z, &a, MatMut::new(&mut g, n, c).unwrap())
@@ -284,7 +284,7 @@ fn dense_infonce_several_sub_blocks() {
     let r = reference::soft_infonce(&cfg, z, &a, &Request::loss_and_grad()).unwrap();
     let k = 1.0 / (n as f64 * 0.7);
     for backend in available_backends() {
-        let mut g = vec![half::bf16::ZERO; n * c];
+        let mut g = vec![half::bf16::NAN; n * c];
         let loss = cfg
             .backend(Some(backend))
             .loss_and_grad(z, &a, MatMut::new(&mut g, n, c).unwrap())

@@ -1,11 +1,14 @@
 //! Soft-target InfoNCE with dense targets, fused and tiled (flash-attention style).
 //!
 //! For a block of logit rows `I` and, in turn, every block of targets `J`:
-//! 1. `S_IJ = Z_I·A_Jᵀ / t − b_J` with a register-blocked 4 × 4 dot-product micro-kernel
+//! 1. `S_IJ = Z_I·A_Jᵀ / t − b_J` with an outer-product micro-kernel (8 rows × 2 vectors of
+//!    targets on 32-register ISAs) over `A_J` packed by [`pack_panel`]
 //!    (`b_j = Σ_c a_jc log η_c` is computed once per call);
 //! 2. per row an online maximum `m_i` and sum `l_i`; `P_IJ = exp(S_IJ − m_i)`, and when `m_i`
 //!    grows the accumulator is rescaled;
-//! 3. `O_I += P_IJ·A_J` with a 4-row axpy micro-kernel (skipped for loss-only calls).
+//! 3. `O_I += P_IJ·A_J` (`=` for the first block) with an outer-product micro-kernel of the
+//!    same shape over `KC`-column blocks of `A_J` packed by [`pack_axpy_panel`] (skipped for
+//!    loss-only calls).
 //!
 //! At the end `l_i = (m_i − S_{i,p}) + ln l_i` and `∂l_i/∂z_i = k_i (O_i / l_i − a_p)`. The
 //! `N × M` score matrix is never stored: extra memory is one `R × T` score tile and one
@@ -63,44 +66,85 @@ impl NceProblem<'_> {
     }
 }
 
-/// `o_r[k] += Σ_j p_r[j] · a_j[k]` for `RI` rows and `k` in `[k0, c)` (`p_r` has one
-/// weight per pointer in `a`). The addresses in `pf` (the caller's next accumulator block,
-/// which may be far out in memory) are prefetched one per target during the first
-/// columns, so their latency hides behind this call's multiply-adds.
+/// Packs columns `[cb, cb + cw)` of the rows `src` into `panel` for [`axpy_packed`]: column
+/// blocks of two vectors (then one vector for the last `cw mod 2L` columns, zero-padded), and
+/// within a block starting at relative column `k` with width `bw`, row `j` at
+/// `panel[w·k + j·bw ..][..bw]` (`w = src.len()`). The product then reads its targets as one
+/// sequential stream instead of one far-apart row per target.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `o` pointers valid for reading and writing `c` floats, `a` pointers
-/// for reading `c` floats, and every `p[r]` at least `a.len()` long.
+/// `V`'s CPU requirement; every `src` pointer valid for reading `cb + cw` floats; `panel`
+/// holds `src.len() × cw.next_multiple_of(LANES)` floats.
 #[inline(always)]
-unsafe fn axpy_tile<V: F32x, const RI: usize>(
+unsafe fn pack_axpy_panel<V: F32x>(src: &[*const f32], cb: usize, cw: usize, panel: &mut [f32]) {
+    let (l, w) = (V::LANES, src.len());
+    assert!(panel.len() >= w * cw.next_multiple_of(l));
+    let pp = panel.as_mut_ptr();
+    // SAFETY: reads stay in `[cb, cb + cw)` of each source row; block `k` of width `bw` writes
+    // `panel[w·k .. w·(k + bw)]`, and `w·(k + bw) <= w · cw.next_multiple_of(l)` (asserted).
+    unsafe {
+        for (j, &row) in src.iter().enumerate() {
+            let row = row.add(cb);
+            let mut k = 0;
+            while k + 2 * l <= cw {
+                let d = pp.add(w * k + j * 2 * l);
+                V::load(row.add(k)).store(d);
+                V::load(row.add(k + l)).store(d.add(l));
+                k += 2 * l;
+            }
+            while k < cw {
+                let n = (cw - k).min(l);
+                V::load_partial(row.add(k), n, 0.0).store(pp.add(w * k + j * l));
+                k += l;
+            }
+        }
+    }
+}
+
+/// `o_r[k] += Σ_j p_r[j] · a_j[k]` (`=` when `first`: `o` is not read) for `RI` rows and `k`
+/// in `[0, cw)`, the targets `a_j` packed by [`pack_axpy_panel`] (`w` of them; `p_r` has at
+/// least `w` weights). The addresses
+/// in `pf` (the caller's next accumulator block, which may be far out in memory) are
+/// prefetched one per target during the first columns, so their latency hides behind this
+/// call's multiply-adds.
+///
+/// # Safety
+/// `V`'s CPU requirement; `o` pointers valid for reading and writing `cw` floats; `panel`
+/// as written by [`pack_axpy_panel`] for `w` rows and `cw` columns.
+#[inline(always)]
+unsafe fn axpy_packed<V: F32x, const RI: usize>(
     o: [*mut f32; RI],
     p: [&[f32]; RI],
-    a: &[*const f32],
-    k0: usize,
-    c: usize,
+    panel: *const f32,
+    (w, cw): (usize, usize),
+    first: bool,
     pf: &[*const f32],
 ) {
     let l = V::LANES;
-    // SAFETY: accesses stay in `[k0, c)` (two full vectors, one full vector, then a partial
-    // one); prefetches are hints that never fault.
+    // SAFETY: accumulator accesses stay in `[0, cw)` (whole vectors, then a partial one);
+    // panel block `k` holds `w` vectors of width 2L or L at `w·k`; prefetches never fault.
     unsafe {
-        let mut k = k0;
-        while k + 2 * l <= c {
+        let mut k = 0;
+        while k + 2 * l <= cw {
+            let blk = panel.add(w * k);
             let mut acc = [[V::zero(); 2]; RI];
-            for r in 0..RI {
-                acc[r][0] = V::load(o[r].add(k));
-                acc[r][1] = V::load(o[r].add(k + l));
-            }
-            for (j, &aj) in a.iter().enumerate() {
-                if k == k0 && j < pf.len() {
-                    V::prefetch(pf[j]);
-                }
-                let a0 = V::load(aj.add(k));
-                let a1 = V::load(aj.add(k + l));
+            if !first {
                 for r in 0..RI {
-                    let w = V::splat(*p[r].get_unchecked(j));
-                    acc[r][0] = w.fma(a0, acc[r][0]);
-                    acc[r][1] = w.fma(a1, acc[r][1]);
+                    acc[r][0] = V::load(o[r].add(k));
+                    acc[r][1] = V::load(o[r].add(k + l));
+                }
+            }
+            let npf = if k == 0 { pf.len() } else { 0 };
+            for j in 0..w {
+                if j < npf {
+                    V::prefetch(*pf.get_unchecked(j));
+                }
+                let a0 = V::load(blk.add(2 * j * l));
+                let a1 = V::load(blk.add(2 * j * l + l));
+                for r in 0..RI {
+                    let wt = V::splat(*p[r].get_unchecked(j));
+                    acc[r][0] = wt.fma(a0, acc[r][0]);
+                    acc[r][1] = wt.fma(a1, acc[r][1]);
                 }
             }
             for r in 0..RI {
@@ -109,14 +153,17 @@ unsafe fn axpy_tile<V: F32x, const RI: usize>(
             }
             k += 2 * l;
         }
-        while k < c {
-            let n = (c - k).min(l);
+        while k < cw {
+            let n = (cw - k).min(l);
+            let blk = panel.add(w * k);
             let mut acc = [V::zero(); RI];
-            for r in 0..RI {
-                acc[r] = V::load_partial(o[r].add(k), n, 0.0);
+            if !first {
+                for r in 0..RI {
+                    acc[r] = V::load_partial(o[r].add(k), n, 0.0);
+                }
             }
-            for (j, &aj) in a.iter().enumerate() {
-                let a0 = V::load_partial(aj.add(k), n, 0.0);
+            for j in 0..w {
+                let a0 = V::load(blk.add(j * l));
                 for r in 0..RI {
                     acc[r] = V::splat(*p[r].get_unchecked(j)).fma(a0, acc[r]);
                 }
@@ -124,7 +171,7 @@ unsafe fn axpy_tile<V: F32x, const RI: usize>(
             for r in 0..RI {
                 acc[r].store_partial(o[r].add(k), n);
             }
-            k += n;
+            k += l;
         }
     }
 }
@@ -386,22 +433,28 @@ unsafe fn clean_rows<V: F32x>(
     } else {
         (0, 0)
     };
-    let mut scratch = super::take_scratch(nr * tile + panel_len + pairs_len + pair_panel_len);
+    // The f32 accumulator product reads the tile's targets from a packed `tile × KC` panel.
+    let apanel_len = if p.bf16.is_some() { 0 } else { tile * KC };
+    let mut scratch = super::take_scratch(nr * tile + panel_len + pairs_len + pair_panel_len + apanel_len);
     let (s, rest) = scratch.split_at_mut(nr * tile);
     let (panel, rest) = rest.split_at_mut(panel_len);
-    let (pairs, pair_panel) = rest.split_at_mut(pairs_len);
-    let pair_panel = &mut pair_panel[..pair_panel_len];
+    let (pairs, rest) = rest.split_at_mut(pairs_len);
+    let (pair_panel, apanel) = rest.split_at_mut(pair_panel_len);
+    let apanel = &mut apanel[..apanel_len];
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (&pairs, &pair_panel); // only the x86-64 bf16 products use them
     let mut mx = vec![f32::NEG_INFINITY; nr];
     let mut sum = vec![0.0f32; nr];
     // The accumulators O_i = Σ_j P_ij a_j live in the caller's gradient rows (no extra N × C
-    // memory); they are finished in place at the end.
+    // memory); the first tile's products write them (no zero fill, which would cost a pass
+    // over the rows), and they are finished in place at the end.
     let optrs: Vec<*mut f32> = match grad {
         Some(g) => g
             .iter_mut()
             .map(|row| {
-                row.fill(0.0);
+                if m == 0 {
+                    row.fill(0.0);
+                }
                 row.as_mut_ptr()
             })
             .collect(),
@@ -463,10 +516,17 @@ unsafe fn clean_rows<V: F32x>(
                     while r < nr {
                         if nr - r >= 8 {
                             let o = std::array::from_fn(|q| optrs[r + q]);
-                            bf::axpy_tile::<8>(o, std::array::from_fn(|q| prow(r + q)), blk, w2, (cb, ce));
+                            bf::axpy_tile::<8>(
+                                o,
+                                std::array::from_fn(|q| prow(r + q)),
+                                blk,
+                                w2,
+                                (cb, ce),
+                                j0 == 0,
+                            );
                             r += 8;
                         } else {
-                            bf::axpy_tile::<1>([optrs[r]], [prow(r)], blk, w2, (cb, ce));
+                            bf::axpy_tile::<1>([optrs[r]], [prow(r)], blk, w2, (cb, ce), j0 == 0);
                             r += 1;
                         }
                     }
@@ -477,10 +537,13 @@ unsafe fn clean_rows<V: F32x>(
             if want_grad {
                 let aptrs: Vec<*const f32> = (j0..j1).map(|j| p.a_row(j).as_ptr()).collect();
                 let prow = |r: usize| &s[r * tile..r * tile + w];
-                // Column blocks of `KC`: the tile's `w × KC` block of targets stays in L2 while
-                // every row of the slab passes over it.
+                // Column blocks of `KC`: the tile's `w × KC` block of targets, packed, stays in
+                // L2 while every row of the slab passes over it.
                 for cb in (0..c).step_by(KC) {
                     let ce = (cb + KC).min(c);
+                    let cw = ce - cb;
+                    pack_axpy_panel::<V>(&aptrs, cb, cw, apanel);
+                    let ap = apanel.as_ptr();
                     let mut r = 0;
                     while r < nr {
                         if rg == 8 && nr - r >= 8 {
@@ -496,27 +559,27 @@ unsafe fn clean_rows<V: F32x>(
                                     col += 16;
                                 }
                             }
-                            axpy_tile::<V, 8>(
-                                std::array::from_fn(|q| optrs[r + q]),
+                            axpy_packed::<V, 8>(
+                                std::array::from_fn(|q| optrs[r + q].add(cb)),
                                 std::array::from_fn(|q| prow(r + q)),
-                                &aptrs,
-                                cb,
-                                ce,
+                                ap,
+                                (w, cw),
+                                j0 == 0,
                                 &pf[..npf],
                             );
                             r += 8;
                         } else if nr - r >= 4 {
-                            axpy_tile::<V, 4>(
-                                std::array::from_fn(|q| optrs[r + q]),
+                            axpy_packed::<V, 4>(
+                                std::array::from_fn(|q| optrs[r + q].add(cb)),
                                 std::array::from_fn(|q| prow(r + q)),
-                                &aptrs,
-                                cb,
-                                ce,
+                                ap,
+                                (w, cw),
+                                j0 == 0,
                                 &[],
                             );
                             r += 4;
                         } else {
-                            axpy_tile::<V, 1>([optrs[r]], [prow(r)], &aptrs, cb, ce, &[]);
+                            axpy_packed::<V, 1>([optrs[r].add(cb)], [prow(r)], ap, (w, cw), j0 == 0, &[]);
                             r += 1;
                         }
                     }
@@ -813,10 +876,12 @@ unsafe fn grad_targets_generic<V: F32x>(
     let tile = packed_tile::<V>();
     let rb = MB;
     let (s_len, panel_len, g_len) = (rb * tile, tile * KC.min(c), rb * c);
-    let mut scratch = super::take_scratch(s_len + panel_len + g_len + 8 * rb);
+    // `wcols` holds the weights transposed (target-major), `gpanel` a packed `rb × KC` block.
+    let mut scratch = super::take_scratch(s_len + panel_len + g_len + tile * rb + rb * KC);
     let (s, rest) = scratch.split_at_mut(s_len);
     let (panel, rest) = rest.split_at_mut(panel_len);
-    let (gbuf, wcols) = rest.split_at_mut(g_len);
+    let (gbuf, rest) = rest.split_at_mut(g_len);
+    let (wcols, gpanel) = rest.split_at_mut(tile * rb);
     // SAFETY: V's CPU requirement is the caller's; all rows and tiles are in range; the
     // output rows `j − j0` are distinct rows of `out`.
     unsafe {
@@ -843,41 +908,43 @@ unsafe fn grad_targets_generic<V: F32x>(
                 // dA_j += Σ_r W[r][j] g_r: rows of the output are targets, eight at a time; the
                 // weights of target j are column j of W.
                 let gptrs: Vec<*const f32> = (0..nr).map(|r| gbuf.as_ptr().add(r * c)).collect();
-                let mut jj = 0;
-                while jj < w {
-                    let q = (w - jj).min(8);
-                    for t in 0..q {
-                        for r in 0..nr {
-                            wcols[t * rb + r] = s[r * tile + jj + t];
-                        }
+                for jj in 0..w {
+                    for r in 0..nr {
+                        wcols[jj * rb + r] = s[r * tile + jj];
                     }
-                    // Columns in blocks of KC so the chunk's `nr × KC` block of g stays in L2.
-                    for cb in (0..c).step_by(KC) {
-                        let ce = (cb + KC).min(c);
-                        if q == 8 {
-                            let op = out.as_mut_ptr();
-                            axpy_tile::<V, 8>(
-                                std::array::from_fn(|t| op.add((jj_base + jj + t) * j_stride)),
-                                std::array::from_fn(|t| &wcols[t * rb..t * rb + nr]),
-                                &gptrs,
-                                cb,
-                                ce,
+                }
+                // Columns in blocks of KC: the chunk's `nr × KC` block of g, packed once, stays
+                // in L2 while every output row passes over it.
+                for cb in (0..c).step_by(KC) {
+                    let cw = (cb + KC).min(c) - cb;
+                    pack_axpy_panel::<V>(&gptrs, cb, cw, gpanel);
+                    let gp = gpanel.as_ptr();
+                    let op = out.as_mut_ptr();
+                    let wcol = |t: usize| &wcols[t * rb..t * rb + nr];
+                    let mut jj = 0;
+                    while jj < w {
+                        if w - jj >= 8 {
+                            axpy_packed::<V, 8>(
+                                std::array::from_fn(|t| op.add((jj_base + jj + t) * j_stride + cb)),
+                                std::array::from_fn(|t| wcol(jj + t)),
+                                gp,
+                                (nr, cw),
+                                false,
                                 &[],
                             );
+                            jj += 8;
                         } else {
-                            for t in 0..q {
-                                axpy_tile::<V, 1>(
-                                    [out.as_mut_ptr().add((jj_base + jj + t) * j_stride)],
-                                    [&wcols[t * rb..t * rb + nr]],
-                                    &gptrs,
-                                    cb,
-                                    ce,
-                                    &[],
-                                );
-                            }
+                            axpy_packed::<V, 1>(
+                                [op.add((jj_base + jj) * j_stride + cb)],
+                                [wcol(jj)],
+                                gp,
+                                (nr, cw),
+                                false,
+                                &[],
+                            );
+                            jj += 1;
                         }
                     }
-                    jj += q;
                 }
             }
         }

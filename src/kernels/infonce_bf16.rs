@@ -203,8 +203,9 @@ fn mask16(n: usize) -> __mmask16 {
     }
 }
 
-/// `o_r[k] += Σ_q pairs_r[q] · panel[q][k − cb]` for `RI` rows and columns `k` in `[cb, ce)`
-/// (`panel` is that column block of [`pack_pair_panel`], `w2` pairs of `ce − cb` dwords).
+/// `o_r[k] += Σ_q pairs_r[q] · panel[q][k − cb]` (`=` when `first`: `o` is not read) for
+/// `RI` rows and columns `k` in `[cb, ce)` (`panel` is that column block of
+/// [`pack_pair_panel`], `w2` pairs of `ce − cb` dwords).
 ///
 /// # Safety
 /// The CPU has AVX-512 F and BF16; `o[r]` valid for reading and writing `[cb, ce)`, every
@@ -216,6 +217,7 @@ pub(crate) unsafe fn axpy_tile<const RI: usize>(
     panel: *const f32,
     w2: usize,
     (cb, ce): (usize, usize),
+    first: bool,
 ) {
     let bw = ce - cb;
     // SAFETY: accesses stay in `[cb, ce)` of each row and inside the block's panel.
@@ -223,9 +225,11 @@ pub(crate) unsafe fn axpy_tile<const RI: usize>(
         let mut k = 0;
         while k + 32 <= bw {
             let mut acc = [[_mm512_setzero_ps(); 2]; RI];
-            for r in 0..RI {
-                acc[r][0] = _mm512_loadu_ps(o[r].add(cb + k));
-                acc[r][1] = _mm512_loadu_ps(o[r].add(cb + k + 16));
+            if !first {
+                for r in 0..RI {
+                    acc[r][0] = _mm512_loadu_ps(o[r].add(cb + k));
+                    acc[r][1] = _mm512_loadu_ps(o[r].add(cb + k + 16));
+                }
             }
             for q in 0..w2 {
                 let row = panel.add(q * bw + k);
@@ -247,8 +251,10 @@ pub(crate) unsafe fn axpy_tile<const RI: usize>(
             let n = (bw - k).min(16);
             let mk = mask16(n);
             let mut acc = [_mm512_setzero_ps(); RI];
-            for r in 0..RI {
-                acc[r] = _mm512_maskz_loadu_ps(mk, o[r].add(cb + k));
+            if !first {
+                for r in 0..RI {
+                    acc[r] = _mm512_maskz_loadu_ps(mk, o[r].add(cb + k));
+                }
             }
             for q in 0..w2 {
                 let a0 = m512bh(_mm512_maskz_loadu_epi32(mk, panel.add(q * bw + k).cast()));
