@@ -657,8 +657,9 @@ fn elem_rows<T: Element, E: KElem>(g: Option<MatMut<'_, T>>) -> Option<(&mut [E]
     })
 }
 
-/// Gradients larger than this many bytes are written with non-temporal stores: they cannot
-/// stay in cache anyway, and streaming stores skip the read for ownership.
+/// Gradients of at least this many bytes in `f32` (16 Mi elements, whatever the element type)
+/// are written with non-temporal stores: they cannot stay in cache anyway, and streaming
+/// stores skip the read for ownership.
 const STREAM_MIN_BYTES: usize = 64 << 20;
 
 fn stream_gradient(n: usize, c: usize) -> bool {

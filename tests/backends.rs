@@ -447,6 +447,66 @@ fn streaming_gradient_matches_reference() {
     }
 }
 
+/// Streamed `bf16` and `f16` gradients (large enough for non-temporal stores, every row at a
+/// different alignment) are the `f32` kernel's gradient on the same (rounded) inputs,
+/// rounded: the half-precision kernels do the same arithmetic after widening, so the two
+/// must agree bit for bit, and the padding between rows stays untouched. x86-64 only, as
+/// [`streaming_gradient_matches_reference`].
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn streaming_half_gradient_is_the_rounded_f32_gradient() {
+    fn check<H: softnce::Element>(what: &str) {
+        let (n, c, stride) = (1031usize, 16411usize, 16413usize);
+        let mut s = 5u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let zh: Vec<H> = (0..n * stride).map(|_| H::from_f32(8.0 * next() - 4.0)).collect();
+        let ah: Vec<H> = (0..n * c).map(|_| H::from_f32(next())).collect();
+        let z32: Vec<f32> = zh.iter().map(|v| v.to_f32()).collect();
+        let a32: Vec<f32> = ah.iter().map(|v| v.to_f32()).collect();
+        let cfg = SoftCrossEntropy::new();
+        for backend in available_backends() {
+            let cfg = cfg.backend(Some(backend));
+            let mut g32 = vec![0.0f32; n * stride];
+            let l32 = cfg
+                .loss_and_grad(
+                    MatRef::with_stride(&z32, n, c, stride).unwrap(),
+                    &Targets::Dense(MatRef::new(&a32, n, c).unwrap()),
+                    MatMut::with_stride(&mut g32, n, c, stride).unwrap(),
+                )
+                .unwrap();
+            let pad = H::from_f32(7.0);
+            let mut gh = vec![pad; n * stride];
+            let lh = cfg
+                .loss_and_grad(
+                    MatRef::with_stride(&zh, n, c, stride).unwrap(),
+                    &Targets::Dense(MatRef::new(&ah, n, c).unwrap()),
+                    MatMut::with_stride(&mut gh, n, c, stride).unwrap(),
+                )
+                .unwrap();
+            assert_eq!(
+                lh.to_bits(),
+                l32.to_bits(),
+                "{what} {backend}: loss {lh} vs {l32}"
+            );
+            for i in 0..n {
+                for k in 0..stride {
+                    let (got, at) = (gh[i * stride + k], i * stride + k);
+                    let want = if k < c { H::from_f32(g32[at]) } else { pad };
+                    assert!(
+                        got == want || (got.to_f32().is_nan() && want.to_f32().is_nan()),
+                        "{what} {backend}: row {i} col {k}: {got:?} vs {want:?}"
+                    );
+                }
+            }
+        }
+    }
+    check::<softnce::bf16>("bf16");
+    check::<softnce::f16>("f16");
+}
+
 /// Temperatures whose inverse overflows run on the reference, which always scans dense
 /// weights: with `check_targets(false)` an invalid weight is then an error, never a panic
 /// (soft CE and soft InfoNCE).

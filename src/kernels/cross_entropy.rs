@@ -67,7 +67,8 @@ pub(crate) struct CeProblem<'a, E = f32> {
     pub t: f32,
     pub targets: CeTargets<'a, E>,
     pub scale: RowScale<'a>,
-    /// Write the gradient with non-temporal stores (it is too large to stay in cache).
+    /// Write the gradient with non-temporal stores (it is too large to stay in cache), in
+    /// every element type.
     pub stream: bool,
     /// Dense targets only: check every weight while it is read (finite and `>= 0`) and set
     /// this flag on a suspect row. A set flag means "rescan the targets exactly": the
@@ -97,7 +98,14 @@ impl Temp {
     #[inline(always)]
     unsafe fn vec<V: F32x>(&self, z: V) -> V {
         // SAFETY: the caller guarantees V's CPU features.
-        unsafe { z.mul(V::splat(self.inv_t)) }
+        // `z · 1 = z` exactly: skip the multiply at the default temperature.
+        unsafe {
+            if self.inv_t == 1.0 {
+                z
+            } else {
+                z.mul(V::splat(self.inv_t))
+            }
+        }
     }
 }
 
@@ -203,7 +211,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             pj = sweep.step(pj);
             let av = E::load::<V>(ap.add(i));
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
-            let ev = d.exp();
+            let ev = d.exp_nonpos();
             ev.store(ep.add(i));
             s = s.add(ev);
             mass = mass.add(av);
@@ -216,7 +224,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             let r = n - i;
             let av = E::load_partial::<V>(ap.add(i), r, 0.0);
             let d = tp.vec(E::load_partial::<V>(zp.add(i), r, f32::NEG_INFINITY).sub(vm));
-            let ev = d.exp();
+            let ev = d.exp_nonpos();
             ev.store_partial(ep.add(i), r);
             s = s.add(ev);
             mass = mass.add(av);
@@ -301,7 +309,7 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
             }
             pj = sweep.step(pj);
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
-            let ev = d.exp();
+            let ev = d.exp_nonpos();
             ev.store(ep.add(i));
             s = s.add(ev);
             if want_r {
@@ -312,7 +320,7 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
         if i < n {
             let k = n - i;
             let d = tp.vec(E::load_partial::<V>(zp.add(i), k, f32::NEG_INFINITY).sub(vm));
-            let ev = d.exp();
+            let ev = d.exp_nonpos();
             ev.store_partial(ep.add(i), k);
             s = s.add(ev);
             if want_r {
@@ -323,6 +331,14 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
         sweep.finish(pj);
         (s.hsum(), if want_r { r.hsum() } else { 0.0 })
     }
+}
+
+/// How many elements of a gradient row of `n` at `g` precede the first one aligned to a
+/// whole vector of `E` (`LANES · size_of::<E>()` bytes), where streaming stores can start.
+#[inline(always)]
+fn stream_head<V: F32x, E>(g: *mut E, n: usize) -> usize {
+    let (size, vb) = (std::mem::size_of::<E>(), V::LANES * std::mem::size_of::<E>());
+    ((vb - (g as usize) % vb) % vb / size).min(n)
 }
 
 /// Gradient values `e·c1 + a·c2` (dense) or `e·c1 + c2` (`ap` null) of lanes `i .. i + r`.
@@ -394,7 +410,6 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
     /// `V`'s CPU requirement; `e`, `a` (if any) and `g` have the same length.
     #[inline(always)]
     unsafe fn start(prev: Option<PrevGrad<'_, E>>) -> (Self, usize) {
-        let l = V::LANES;
         // SAFETY: V's CPU requirement is the caller's; the head is at most `n` elements.
         unsafe {
             match prev {
@@ -412,7 +427,7 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
                 ),
                 Some(pg) => {
                     let n = pg.e.len();
-                    let nt = pg.stream && E::IS_F32;
+                    let nt = pg.stream;
                     let (v1, v2) = (V::splat(pg.c1), V::splat(pg.c2));
                     let sweep = PrevSweep {
                         e: pg.e.as_ptr(),
@@ -425,10 +440,10 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
                     };
                     let mut j = 0;
                     if nt {
-                        let gf = sweep.g.cast::<f32>();
-                        let head = ((l * 4 - (gf as usize) % (l * 4)) % (l * 4) / 4).min(n);
+                        let head = stream_head::<V, E>(sweep.g, n);
                         if head > 0 {
-                            grad_vec::<V, E>(sweep.e, sweep.a, 0, head, v1, v2).store_partial(gf, head);
+                            let v = grad_vec::<V, E>(sweep.e, sweep.a, 0, head, v1, v2);
+                            E::store_partial::<V>(v, sweep.g, head);
                             j = head;
                         }
                     }
@@ -448,12 +463,12 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
         if j + l > self.n {
             return j;
         }
-        // SAFETY: `j + l <= n`: a whole vector inside all three rows; with `nt` (E is f32),
-        // `g + j` is aligned to the vector size (the head was written by `start`).
+        // SAFETY: `j + l <= n`: a whole vector inside all three rows; with `nt`, `g + j` is
+        // aligned to the vector's size in `E` (the head was written by `start`).
         unsafe {
             let v = grad_vec::<V, E>(self.e, self.a, j, l, self.v1, self.v2);
             if self.nt {
-                v.store_stream(self.g.cast::<f32>().add(j));
+                E::store_stream::<V>(v, self.g.add(j));
             } else {
                 E::store::<V>(v, self.g.add(j));
             }
@@ -504,20 +519,18 @@ unsafe fn write_grad<V: F32x, E: KElem>(
     let ap = a.map_or(std::ptr::null(), |a| a.as_ptr());
     // SAFETY: V's CPU features are guaranteed by the caller; all slices have length n and
     // every access is a full vector below n or a partial one of fewer than l elements;
-    // streaming stores start at `head`, where `gp + head` is aligned to l·4 bytes.
+    // streaming stores start at `head`, where `gp + head` is aligned to a whole vector of E.
     unsafe {
         let (v1, v2) = (V::splat(c1), V::splat(c2));
         let mut i = 0;
-        if stream && E::IS_F32 {
-            // (E is f32 here: the pointer casts are the identity.)
-            let gf = gp.cast::<f32>();
-            let head = ((l * 4 - (gf as usize) % (l * 4)) % (l * 4) / 4).min(n);
+        if stream {
+            let head = stream_head::<V, E>(gp, n);
             if head > 0 {
-                grad_vec::<V, E>(ep, ap, 0, head, v1, v2).store_partial(gf, head);
+                E::store_partial::<V>(grad_vec::<V, E>(ep, ap, 0, head, v1, v2), gp, head);
                 i = head;
             }
             while i + l <= n {
-                grad_vec::<V, E>(ep, ap, i, l, v1, v2).store_stream(gf.add(i));
+                E::store_stream::<V>(grad_vec::<V, E>(ep, ap, i, l, v1, v2), gp.add(i));
                 i += l;
             }
         } else {
@@ -877,5 +890,5 @@ unsafe fn ce_block_generic<V: F32x, E: KElem>(
 
 stamp! {
     /// Rows of a cross-entropy problem on the backend `isa`; returns the sum of their losses.
-    pub(crate) fn ce_block<E: KElem>(p: &CeProblem<'_, E>, g_stride: usize, blk: Block<'_, E>) -> f64 = ce_block_generic;
+    pub(crate) fn ce_block<E: KElem>(p: &CeProblem<'_, E>, g_stride: usize, blk: Block<'_, E>) -> f64 = ce_block_generic + bf16;
 }

@@ -12,7 +12,7 @@ use std::any::TypeId;
 /// # Safety
 /// Implementations must read and write exactly `LANES` (resp. `n`) elements at the pointer.
 pub(crate) unsafe trait KElem: Element {
-    /// Whether this is `f32` (the gradient may then be streamed with non-temporal stores).
+    /// Whether this is `f32`.
     const IS_F32: bool;
 
     /// `LANES` elements at `p`, widened.
@@ -26,6 +26,13 @@ pub(crate) unsafe trait KElem: Element {
     /// # Safety
     /// `V`'s CPU requirement; `p` valid for writes of `LANES` elements.
     unsafe fn store<V: F32x>(v: V, p: *mut Self);
+
+    /// [`store`](KElem::store) as a non-temporal (streaming) store where the backend has one
+    /// (the same bits; see [`F32x::store_stream`]).
+    ///
+    /// # Safety
+    /// As `store`, and `p` aligned to `LANES · size_of::<Self>()` bytes.
+    unsafe fn store_stream<V: F32x>(v: V, p: *mut Self);
 
     /// The first `n` elements at `p`, widened; lanes `n..` are `fill` (representable in every
     /// element type: the kernels pass `0` and `−∞`).
@@ -89,6 +96,11 @@ unsafe impl KElem for f32 {
         unsafe { v.store(p) }
     }
     #[inline(always)]
+    unsafe fn store_stream<V: F32x>(v: V, p: *mut f32) {
+        // SAFETY: the caller's guarantees.
+        unsafe { v.store_stream(p) }
+    }
+    #[inline(always)]
     unsafe fn load_partial<V: F32x>(p: *const f32, n: usize, fill: f32) -> V {
         // SAFETY: the caller's guarantees.
         unsafe { V::load_partial(p, n, fill) }
@@ -113,6 +125,11 @@ unsafe impl KElem for bf16 {
         // SAFETY: the caller's guarantees; bf16 has the layout of u16.
         unsafe { v.store_bf16(p.cast()) }
     }
+    #[inline(always)]
+    unsafe fn store_stream<V: F32x>(v: V, p: *mut bf16) {
+        // SAFETY: the caller's guarantees; bf16 has the layout of u16.
+        unsafe { v.store_bf16_stream(p.cast()) }
+    }
 }
 
 // SAFETY: `f16` is `repr(transparent)` over its `u16` bits; LANES u16s are accessed.
@@ -127,6 +144,11 @@ unsafe impl KElem for f16 {
     unsafe fn store<V: F32x>(v: V, p: *mut f16) {
         // SAFETY: the caller's guarantees; f16 has the layout of u16.
         unsafe { v.store_f16(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn store_stream<V: F32x>(v: V, p: *mut f16) {
+        // SAFETY: the caller's guarantees; f16 has the layout of u16.
+        unsafe { v.store_f16_stream(p.cast()) }
     }
 }
 
@@ -179,5 +201,5 @@ super::stamp! {
 
 super::stamp! {
     /// Rounds a row of `f32` to `E` on the backend `isa` (equal lengths).
-    pub(crate) fn narrow_row<E: KElem>(src: &[f32], dst: &mut [E]) -> () = narrow_generic;
+    pub(crate) fn narrow_row<E: KElem>(src: &[f32], dst: &mut [E]) -> () = narrow_generic + bf16;
 }

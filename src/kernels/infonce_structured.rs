@@ -406,5 +406,5 @@ stamp! {
         rows: std::ops::Range<usize>,
         loss: &mut [f32],
         grad: Option<(&mut [E], usize)>,
-    ) -> f64 = snce_block_generic;
+    ) -> f64 = snce_block_generic + bf16;
 }

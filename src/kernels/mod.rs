@@ -20,14 +20,34 @@ use std::ops::Range;
 /// Defines `$name(isa, args…)`, which runs the generic `$generic::<V>(args…)` with `V` the
 /// vector type of the backend `isa` proves available, compiled inside a `#[target_feature]`
 /// function so that every `#[inline(always)]` vector method is inlined with the backend's
-/// instructions.
+/// instructions. `= generic + bf16` adds a third x86 entry point, taken on AVX-512 CPUs that
+/// also have AVX-512 BF16, with `V = Avx512<true>` (hardware `bf16` rounding).
 macro_rules! stamp {
     ($(#[$meta:meta])* $vis:vis fn $name:ident $(<$($g:ident : $b:ident),*>)? ($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty = $generic:ident;) => {
+        crate::kernels::stamp!(@go false; $(#[$meta])* $vis fn $name $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret = $generic;);
+    };
+    ($(#[$meta:meta])* $vis:vis fn $name:ident $(<$($g:ident : $b:ident),*>)? ($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty = $generic:ident + bf16;) => {
+        crate::kernels::stamp!(@go true; $(#[$meta])* $vis fn $name $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret = $generic;);
+    };
+    (@go $bf16:literal; $(#[$meta:meta])* $vis:vis fn $name:ident $(<$($g:ident : $b:ident),*>)? ($($arg:ident : $ty:ty),*) -> $ret:ty = $generic:ident;) => {
         $(#[$meta])*
         $vis fn $name $(<$($g: $b),*>)? (isa: crate::dispatch::Isa, $($arg: $ty),*) -> $ret {
             match isa.backend() {
                 #[cfg(target_arch = "x86_64")]
                 crate::Backend::Avx512 => {
+                    {
+                        if $bf16 && std::arch::is_x86_feature_detected!("avx512bf16") {
+                            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,avx512bf16")]
+                            unsafe fn imp $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
+                                // SAFETY: only called when the CPU has AVX-512 F/BW/VL/DQ and
+                                // BF16, `Avx512<true>`'s requirement.
+                                unsafe { $generic::<crate::simd::avx512::Avx512<true> $($(, $g)*)?>($($arg),*) }
+                            }
+                            // SAFETY: `isa` proves AVX-512 F/BW/VL/DQ (`Isa::resolve`), and
+                            // BF16 was just detected.
+                            return unsafe { imp $(::<$($g),*>)? ($($arg),*) };
+                        }
+                    }
                     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
                     unsafe fn imp $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
                         // SAFETY: this function is only called when the CPU has AVX-512

@@ -234,19 +234,15 @@ unsafe impl F32x for Avx2 {
 
     #[inline(always)]
     unsafe fn store_bf16(self, ptr: *mut u16) {
-        // SAFETY: AVX2 is available; 8 u16s are writable at `ptr`. Round to nearest even on
-        // the bits; NaN lanes are quietened instead. The 32-bit results fit 16 bits, so the
-        // saturating pack is exact; the 64-bit permute gathers both 128-bit halves.
-        unsafe {
-            let b = _mm256_castps_si256(self.0);
-            let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
-            let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
-            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0));
-            let q = _mm256_or_si256(b, _mm256_set1_epi32(0x0040_0000));
-            let r = _mm256_srli_epi32::<16>(_mm256_blendv_epi8(r, q, nan));
-            let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(r, r));
-            _mm_storeu_si128(ptr.cast(), _mm256_castsi256_si128(packed));
-        }
+        // SAFETY: AVX2 is available; 8 u16s are writable at `ptr`.
+        unsafe { _mm_storeu_si128(ptr.cast(), bf16_bits(self.0)) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16_stream(self, ptr: *mut u16) {
+        // SAFETY: as `store_bf16`; the caller guarantees `ptr` aligned to 16 bytes, as the
+        // streaming store needs.
+        unsafe { _mm_stream_si128(ptr.cast(), bf16_bits(self.0)) }
     }
 
     #[inline(always)]
@@ -254,6 +250,12 @@ unsafe impl F32x for Avx2 {
         // SAFETY: F16C is part of this backend's requirement (vcvtps2ph, round to nearest
         // even); 8 u16s are writable at `ptr`.
         unsafe { _mm_storeu_si128(ptr.cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0)) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_f16_stream(self, ptr: *mut u16) {
+        // SAFETY: as `store_f16`; the caller guarantees `ptr` aligned to 16 bytes.
+        unsafe { _mm_stream_si128(ptr.cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0)) }
     }
 
     #[inline(always)]
@@ -349,5 +351,26 @@ unsafe impl F32x for Avx2 {
             let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_X_MIN));
             Avx2(_mm256_andnot_ps(under, y))
         }
+    }
+}
+
+/// The lanes of `x` rounded to `bf16` (nearest even on the bits; NaN lanes quietened instead),
+/// as eight raw `u16`s. The 32-bit results fit 16 bits, so the saturating pack is exact; the
+/// 64-bit permute gathers both 128-bit halves.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline(always)]
+unsafe fn bf16_bits(x: __m256) -> __m128i {
+    // SAFETY: the caller's guarantee; no memory access.
+    unsafe {
+        let b = _mm256_castps_si256(x);
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+        let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
+        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+        let q = _mm256_or_si256(b, _mm256_set1_epi32(0x0040_0000));
+        let r = _mm256_srli_epi32::<16>(_mm256_blendv_epi8(r, q, nan));
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(r, r));
+        _mm256_castsi256_si128(packed)
     }
 }

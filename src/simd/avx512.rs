@@ -14,9 +14,44 @@ use crate::simd::F32x;
 
 /// Sixteen `f32` lanes (`__m512`). Requires the `avx512f`, `avx512bw`, `avx512vl` and
 /// `avx512dq` CPU features (the set the kernels' entry points enable).
+///
+/// `BF16 = true` also requires AVX-512 BF16 (and an entry point that enables it): rounding
+/// to `bf16` then takes one `vcvtneps2bf16` instead of eight integer operations, with the
+/// same bits (the instruction flushes subnormal inputs, so vectors holding one take the
+/// integer path).
 #[derive(Clone, Copy, Debug)]
 #[repr(transparent)]
-pub(crate) struct Avx512(pub(crate) __m512);
+pub(crate) struct Avx512<const BF16: bool = false>(pub(crate) __m512);
+
+impl<const BF16: bool> Avx512<BF16> {
+    /// The lanes rounded to `bf16` (nearest even; NaN quietened), as sixteen raw `u16`s.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW, and AVX-512 BF16 when `BF16`.
+    #[inline(always)]
+    unsafe fn bf16_bits(self) -> __m256i {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            if BF16 {
+                // `vfpclassps` class 0x20: subnormal. Without one, the instruction's result
+                // (round to nearest even, NaN quietened) is the integer path's bit for bit.
+                if _mm512_fpclass_ps_mask::<0x20>(self.0) == 0 {
+                    // (`__m256bh` and `__m256i` are both 256 bits of vector register.)
+                    return std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(self.0));
+                }
+            }
+            // Round to nearest even on the bits (add 0x7FFF plus the kept lsb, keep the high
+            // half); NaN lanes are quietened instead (their rounding could carry into the
+            // exponent).
+            let b = _mm512_castps_si512(self.0);
+            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+            let r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0);
+            let r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(b, _mm512_set1_epi32(0x0040_0000)));
+            _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(r))
+        }
+    }
+}
 
 /// Write/read mask with bits `0..n` set (`n <= 16`; larger `n` saturates).
 #[inline(always)]
@@ -28,7 +63,7 @@ fn prefix_kmask(n: usize) -> __mmask16 {
 // SAFETY: LANES is 16 = the number of f32 in a __m512; `load`/`store` use unaligned 512-bit
 // accesses of exactly 16 f32s; the partial variants use masked accesses that touch only lanes
 // `0..n` (masked-off lanes are not accessed and cannot fault).
-unsafe impl F32x for Avx512 {
+unsafe impl<const BF16: bool> F32x for Avx512<BF16> {
     const LANES: usize = 16;
 
     #[inline]
@@ -184,17 +219,22 @@ unsafe impl F32x for Avx512 {
 
     #[inline(always)]
     unsafe fn store_bf16(self, ptr: *mut u16) {
-        // SAFETY: AVX-512F/BW are available; 16 u16s are writable at `ptr`. Round to nearest
-        // even on the bits (add 0x7FFF plus the kept lsb, keep the high half); NaN lanes are
-        // quietened instead (their rounding could carry into the exponent).
-        unsafe {
-            let b = _mm512_castps_si512(self.0);
-            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-            let r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0);
-            let r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(b, _mm512_set1_epi32(0x0040_0000)));
-            _mm256_storeu_si256(ptr.cast(), _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(r)));
-        }
+        // SAFETY: AVX-512F/BW (and BF16 when `BF16`) are available; 16 u16s are writable at
+        // `ptr`.
+        unsafe { _mm256_storeu_si256(ptr.cast(), self.bf16_bits()) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16_stream(self, ptr: *mut u16) {
+        // SAFETY: as `store_bf16`; the caller guarantees `ptr` aligned to 32 bytes, as the
+        // streaming store needs.
+        unsafe { _mm256_stream_si256(ptr.cast(), self.bf16_bits()) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_f16_stream(self, ptr: *mut u16) {
+        // SAFETY: as `store_f16`; the caller guarantees `ptr` aligned to 32 bytes.
+        unsafe { _mm256_stream_si256(ptr.cast(), _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0)) }
     }
 
     #[inline(always)]
@@ -266,6 +306,30 @@ unsafe impl F32x for Avx512 {
     unsafe fn is_nan_any(self) -> bool {
         // SAFETY: AVX-512F is available (trait CPU requirement).
         unsafe { _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0) != 0 }
+    }
+
+    /// The steps of [`exp`](F32x::exp) without its clamps: for `x <= 0` the upper clamp is
+    /// a no-op, and lanes below `EXP_X_MIN` (where the lower clamp would act, including
+    /// `-inf`) are zeroed by the mask whatever the polynomial made of them.
+    #[inline(always)]
+    unsafe fn exp_nonpos(self) -> Self {
+        // SAFETY: AVX-512F is available (trait CPU requirement); no memory access.
+        unsafe {
+            let x = self.0;
+            let kf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+            );
+            let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_HI), x);
+            let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_LO), r);
+            let mut p = _mm512_fmadd_ps(_mm512_set1_ps(EXP_C6), r, _mm512_set1_ps(EXP_C5));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C4));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C3));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C1));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(EXP_X_MIN));
+            Avx512(_mm512_maskz_scalef_ps(keep, p, kf))
+        }
     }
 
     #[inline(always)]

@@ -265,6 +265,18 @@ pub(crate) unsafe trait F32x: Copy {
     /// The CPU requirement (see the trait docs).
     unsafe fn exp(self) -> Self;
 
+    /// [`exp`](F32x::exp) for `x <= 0`, `-inf` or NaN only (what the kernels exponentiate:
+    /// `x − max`), bit for bit; backends may skip the clamps that only matter for `x > 0`
+    /// or, with a zeroing mask, for `x < EXP_X_MIN`. Unspecified for `x > 0`.
+    ///
+    /// # Safety
+    /// The CPU requirement (see the trait docs).
+    #[inline(always)]
+    unsafe fn exp_nonpos(self) -> Self {
+        // SAFETY: the caller's guarantee.
+        unsafe { self.exp() }
+    }
+
     /// Loads `LANES` consecutive `bf16` values (raw bits) widened to `f32` (exact: a 16-bit
     /// shift on every backend).
     ///
@@ -328,6 +340,28 @@ pub(crate) unsafe trait F32x: Copy {
             // SAFETY: the caller guarantees LANES writable u16s.
             unsafe { *ptr.add(l) = half::f16::from_f32(b).to_bits() };
         }
+    }
+
+    /// [`store_bf16`](F32x::store_bf16), as a non-temporal (streaming) store where the
+    /// backend has one (see [`store_stream`](F32x::store_stream)); the same bits.
+    ///
+    /// # Safety
+    /// As [`store_bf16`](F32x::store_bf16), and `ptr` must be aligned to `LANES · 2` bytes.
+    #[inline(always)]
+    unsafe fn store_bf16_stream(self, ptr: *mut u16) {
+        // SAFETY: the caller's guarantees include those of `store_bf16`.
+        unsafe { self.store_bf16(ptr) }
+    }
+
+    /// [`store_f16`](F32x::store_f16), as a non-temporal (streaming) store where the backend
+    /// has one (see [`store_stream`](F32x::store_stream)); the same bits.
+    ///
+    /// # Safety
+    /// As [`store_f16`](F32x::store_f16), and `ptr` must be aligned to `LANES · 2` bytes.
+    #[inline(always)]
+    unsafe fn store_f16_stream(self, ptr: *mut u16) {
+        // SAFETY: the caller's guarantees include those of `store_f16`.
+        unsafe { self.store_f16(ptr) }
     }
 
     /// Transposes a `LANES × LANES` block: reads row `q` from `src[q][0..LANES]` and writes

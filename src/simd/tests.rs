@@ -39,6 +39,15 @@ unsafe fn on_avx512<B: Body>(body: B) -> B::Out {
 }
 
 /// # Safety
+/// The CPU must support AVX-512 F, BW, VL, DQ and BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
+unsafe fn on_avx512_bf16<B: Body>(body: B) -> B::Out {
+    // SAFETY: this entry point's contract is exactly Avx512<true>'s CPU requirement.
+    unsafe { body.run::<Avx512<true>>() }
+}
+
+/// # Safety
 /// The CPU must support NEON (every aarch64 CPU does).
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
@@ -54,6 +63,9 @@ enum Backend {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// `Avx512<true>`: AVX-512 with the BF16 conversions.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
     #[cfg(target_arch = "aarch64")]
     Neon,
 }
@@ -67,8 +79,11 @@ impl Backend {
             if Avx2::is_available() {
                 v.push(Backend::Avx2);
             }
-            if Avx512::is_available() {
+            if Avx512::<false>::is_available() {
                 v.push(Backend::Avx512);
+                if std::arch::is_x86_feature_detected!("avx512bf16") {
+                    v.push(Backend::Avx512Bf16);
+                }
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -86,6 +101,8 @@ impl Backend {
             Backend::Avx2 => "avx2",
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => "avx512",
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512Bf16 => "avx512+bf16",
             #[cfg(target_arch = "aarch64")]
             Backend::Neon => "neon",
         }
@@ -97,7 +114,7 @@ impl Backend {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => Avx2::LANES,
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512 => Avx512::LANES,
+            Backend::Avx512 | Backend::Avx512Bf16 => Avx512::<false>::LANES,
             #[cfg(target_arch = "aarch64")]
             Backend::Neon => Neon::LANES,
         }
@@ -116,9 +133,15 @@ impl Backend {
             }
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => {
-                assert!(Avx512::is_available());
+                assert!(Avx512::<false>::is_available());
                 // SAFETY: runtime detection just confirmed AVX-512 F/BW/VL/DQ.
                 unsafe { on_avx512(body) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512Bf16 => {
+                assert!(Avx512::<true>::is_available() && std::arch::is_x86_feature_detected!("avx512bf16"));
+                // SAFETY: runtime detection just confirmed AVX-512 F/BW/VL/DQ and BF16.
+                unsafe { on_avx512_bf16(body) }
             }
             #[cfg(target_arch = "aarch64")]
             Backend::Neon => {
@@ -134,6 +157,8 @@ impl Backend {
 struct ExpInto<'a> {
     src: &'a [f32],
     dst: &'a mut [f32],
+    /// Use `exp_nonpos` instead of `exp`.
+    nonpos: bool,
 }
 
 impl Body for ExpInto<'_> {
@@ -149,13 +174,15 @@ impl Body for ExpInto<'_> {
         // elements of both slices.
         unsafe {
             while i + V::LANES <= n {
-                V::load(s.add(i)).exp().store(d.add(i));
+                let x = V::load(s.add(i));
+                let e = if self.nonpos { x.exp_nonpos() } else { x.exp() };
+                e.store(d.add(i));
                 i += V::LANES;
             }
             if i < n {
-                V::load_partial(s.add(i), n - i, 0.0)
-                    .exp()
-                    .store_partial(d.add(i), n - i);
+                let x = V::load_partial(s.add(i), n - i, 0.0);
+                let e = if self.nonpos { x.exp_nonpos() } else { x.exp() };
+                e.store_partial(d.add(i), n - i);
             }
         }
     }
@@ -163,8 +190,39 @@ impl Body for ExpInto<'_> {
 
 fn exp_on(b: Backend, src: &[f32]) -> Vec<f32> {
     let mut dst = vec![f32::NAN; src.len()];
-    b.run(ExpInto { src, dst: &mut dst });
+    b.run(ExpInto {
+        src,
+        dst: &mut dst,
+        nonpos: false,
+    });
     dst
+}
+
+fn exp_nonpos_on(b: Backend, src: &[f32]) -> Vec<f32> {
+    let mut dst = vec![f32::NAN; src.len()];
+    b.run(ExpInto {
+        src,
+        dst: &mut dst,
+        nonpos: true,
+    });
+    dst
+}
+
+/// `exp_nonpos` is `exp`, bit for bit, on every backend for `x <= 0`, `-inf` and NaN.
+fn assert_nonpos_is_exp(backends: &[Backend], xs: &[f32]) {
+    for &b in backends {
+        let (e, q) = (exp_on(b, xs), exp_nonpos_on(b, xs));
+        for i in 0..xs.len() {
+            assert!(
+                e[i].to_bits() == q[i].to_bits() || (e[i].is_nan() && q[i].is_nan()),
+                "{}: exp_nonpos({:e}) = {:e}, exp = {:e}",
+                b.name(),
+                xs[i],
+                q[i],
+                e[i]
+            );
+        }
+    }
 }
 
 /// Lane-wise binary/ternary ops over whole vectors: returns, per op, the output slice.
@@ -599,12 +657,40 @@ fn exp_exhaustive() {
         buf.push(f32::from_bits(bits));
         if buf.len() == buf.capacity() || bits == hi {
             accumulate(&backends, &mut stats, &buf);
+            assert_nonpos_is_exp(&backends, &buf);
             buf.clear();
         }
     }
     for (b, st) in backends.iter().zip(&stats) {
         st.check(b.name(), "every f32 in [-104, 0]");
     }
+}
+
+/// `exp_nonpos` against `exp` on random non-positive values of every magnitude, the edges
+/// of the flush threshold and the special values (every f32 in `[-104, 0]` in
+/// `exp_exhaustive`).
+#[test]
+fn exp_nonpos_is_exp_on_its_domain() {
+    let mut rng = Rng(0x5eed_0003);
+    let mut xs: Vec<f32> = (0..200_003)
+        .map(|i| match i % 3 {
+            0 => -f32::from_bits(rng.next_u64() as u32 & 0x7fff_ffff), // any magnitude, NaN
+            _ => rng.range(-104.0, 0.0),
+        })
+        .collect();
+    let edge = exp::EXP_X_MIN.to_bits();
+    xs.extend((edge - 40..edge + 40).map(f32::from_bits));
+    xs.extend([
+        0.0,
+        -0.0,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::MAX,
+        -1e30,
+        -f32::MIN_POSITIVE,
+        -1e-45,
+    ]);
+    assert_nonpos_is_exp(&Backend::available(), &xs);
 }
 
 /// Bulk agreement: all backends give the scalar result within 1 ulp (in fact bitwise).
@@ -940,11 +1026,20 @@ impl Body for HalfIo {
             vals.push(1.0);
         }
         let mut out = vec![0u16; l];
+        // Streaming stores need `LANES · 2`-byte alignment.
+        #[repr(align(64))]
+        struct Aligned([u16; 32]);
+        let mut streamed = Aligned([0; 32]);
         for chunk in vals.chunks(l) {
             // SAFETY: `chunk` holds `l` f32s, `out` `l` u16s.
             let v = unsafe { V::load(chunk.as_ptr()) };
-            // SAFETY: as above.
-            unsafe { v.store_bf16(out.as_mut_ptr()) };
+            // SAFETY: as above; `streamed` holds 32 >= l u16s aligned to 64 bytes.
+            unsafe {
+                v.store_bf16(out.as_mut_ptr());
+                v.store_bf16_stream(streamed.0.as_mut_ptr());
+                V::stream_fence();
+            }
+            assert_eq!(out, streamed.0[..l], "store_bf16_stream of {chunk:?}");
             for (&x, &o) in chunk.iter().zip(&out) {
                 let want = half::bf16::from_f32(x);
                 let got = half::bf16::from_bits(o);
@@ -956,7 +1051,12 @@ impl Body for HalfIo {
                 );
             }
             // SAFETY: as above.
-            unsafe { v.store_f16(out.as_mut_ptr()) };
+            unsafe {
+                v.store_f16(out.as_mut_ptr());
+                v.store_f16_stream(streamed.0.as_mut_ptr());
+                V::stream_fence();
+            }
+            assert_eq!(out, streamed.0[..l], "store_f16_stream of {chunk:?}");
             for (&x, &o) in chunk.iter().zip(&out) {
                 let want = half::f16::from_f32(x);
                 let got = half::f16::from_bits(o);
