@@ -566,11 +566,16 @@ type NceWork<'a> = (
     ((&'a mut [f32], &'a mut [f32]), Option<(&'a mut [f32], usize)>),
 );
 
-/// Logit rows per block ("slab") of dense InfoNCE: a multiple of the 8-row micro-kernel.
+/// Logit rows per block ("slab") of dense InfoNCE: a multiple of the 8-row micro-kernel,
+/// at most the kernel's `MB`.
 fn infonce_rows_per_block(n: usize) -> usize {
-    // Large slabs amortise the packing of each target tile over many rows; at least four
-    // slabs keep both cores busy.
-    n.div_ceil(2).div_ceil(8).clamp(1, 256) * 8
+    // Large slabs amortise the packing of each target tile over many rows, at least two keep
+    // both cores busy, and at most `MB` rows keep a slab's scores in L2 and each thread's
+    // scratch near 1 MiB (the peak memory stays within 10 % of the inputs and gradient).
+    n.div_ceil(2)
+        .div_ceil(8)
+        .clamp(1, crate::kernels::infonce::MB / 8)
+        * 8
 }
 
 /// Runs a cross-entropy problem on the kernels in the caller's element type; `count` is the

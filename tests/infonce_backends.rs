@@ -244,9 +244,10 @@ fn dense_infonce_large_and_thread_independent() {
     }
 }
 
-/// Enough rows per block for several score sub-blocks (more than 256 rows: the target tile
-/// is packed whole once and reused by each sub-block), with odd `C` and `M`, in f32 and
-/// bf16 (whose AVX-512 BF16 products have their own packing), on every backend.
+/// Large row blocks (530 rows: two slabs of 272 and 258 rows, each running more than 32 row
+/// groups of the micro-kernels over every packed chunk), several target tiles (533 targets)
+/// and odd `C` and `M`, in f32 and bf16 (whose AVX-512 BF16 products have their own
+/// packing), on every backend.
 #[test]
 fn dense_infonce_several_sub_blocks() {
     let (n, m, c) = (530usize, 533usize, 263usize);

@@ -316,18 +316,19 @@ fn row_group<V: F32x>() -> usize {
     }
 }
 
-/// Rows per sub-block of the score product: the sub-block's scores (`MB × tile` floats) stay
-/// in L2 while every `KC` panel of the tile streams past them.
-pub(crate) const MB: usize = 256;
+/// Most rows per call of [`clean_rows`] and [`score_tile_packed`] (the dispatcher's slabs are
+/// no larger): the slab's scores (`MB × tile` floats, 512 KiB on AVX-512) stay in L2 while
+/// every `KC` panel of the tile streams past them, and a thread's scratch stays near 1 MiB.
+pub(crate) const MB: usize = 512;
 
 /// Scores `S[r][j] = (z_r · a_j)/t − b_j` of `rows × [j0, j1)` into `s` (row stride
-/// `packed_tile`). The tile's targets are packed once into `panel` (`tile × C` floats, in
-/// `KC`-column chunks) and reused by every row of the slab.
+/// `packed_tile`). Each `KC`-column chunk of the tile's targets is packed into `panel` just
+/// before use (a `tile × KC` panel stays in L2) and reused by every row.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `rows` are valid logit rows, `j1 − j0 <= packed_tile::<V>()`, `s`
-/// holds `rows.len() × packed_tile` floats and `panel` `packed_tile × C` (only
-/// `packed_tile × min(KC, C)` when `rows.len() <= MB`).
+/// `V`'s CPU requirement; `rows` are valid logit rows, at most [`MB`] of them;
+/// `j1 − j0 <= packed_tile::<V>()`; `s` holds `rows.len() × packed_tile` floats and `panel`
+/// `packed_tile × min(KC, C)`.
 #[inline(always)]
 unsafe fn score_tile_packed<V: F32x>(
     p: &NceProblem<'_>,
@@ -340,64 +341,47 @@ unsafe fn score_tile_packed<V: F32x>(
     let (c, l) = (p.c, V::LANES);
     let tile = packed_tile::<V>();
     let rg = row_group::<V>();
-    // With more rows than one sub-block, pack the whole tile once and reuse it per sub-block;
-    // otherwise pack each chunk just before use (a `tile × KC` panel stays in L2).
-    let whole = rows.len() > MB;
-    if whole {
-        let mut k0 = 0;
-        while k0 < c {
-            let kc = (c - k0).min(KC);
-            // SAFETY: V's CPU requirement is the caller's; the chunk holds `tile × kc` floats.
-            unsafe { pack_panel::<V>(p, j0..j1, k0, kc, tile, &mut panel[tile * k0..tile * (k0 + kc)]) };
-            k0 += kc;
-        }
-    }
-    // SAFETY: V's CPU requirement is the caller's; all pointers index the packed chunks of
+    assert!(rows.len() <= MB);
+    // SAFETY: V's CPU requirement is the caller's; all pointers index the packed chunk of
     // `tile × kc` floats, logit rows of `c` floats at offset `k0 + kc <= c`, and score rows
     // of `tile` floats.
     unsafe {
-        for sub in (0..rows.len()).step_by(MB) {
-            let sub_end = (sub + MB).min(rows.len());
-            let mut k0 = 0;
-            while k0 < c {
-                let kc = (c - k0).min(KC);
-                let chunk = if whole {
-                    panel.as_ptr().add(tile * k0)
-                } else {
-                    pack_panel::<V>(p, j0..j1, k0, kc, tile, &mut panel[..tile * kc]);
-                    panel.as_ptr()
-                };
-                let first = k0 == 0;
-                for jp in 0..tile / (2 * l) {
-                    let a0 = chunk.add(2 * jp * kc * l);
-                    let a1 = chunk.add((2 * jp + 1) * kc * l);
-                    let col = 2 * jp * l;
-                    let mut r = sub;
-                    while r < sub_end {
-                        if rg == 8 && sub_end - r >= 8 {
-                            let zp: [*const f32; 8] =
-                                std::array::from_fn(|q| p.z_row(rows[r + q]).as_ptr().add(k0));
-                            let sp: [*mut f32; 8] =
-                                std::array::from_fn(|q| s.as_mut_ptr().add((r + q) * tile + col));
-                            gemm_tile::<V, 8>(zp, a0, a1, kc, sp, first);
-                            r += 8;
-                        } else if sub_end - r >= 4 {
-                            let zp: [*const f32; 4] =
-                                std::array::from_fn(|q| p.z_row(rows[r + q]).as_ptr().add(k0));
-                            let sp: [*mut f32; 4] =
-                                std::array::from_fn(|q| s.as_mut_ptr().add((r + q) * tile + col));
-                            gemm_tile::<V, 4>(zp, a0, a1, kc, sp, first);
-                            r += 4;
-                        } else {
-                            let zp = [p.z_row(rows[r]).as_ptr().add(k0)];
-                            let sp = [s.as_mut_ptr().add(r * tile + col)];
-                            gemm_tile::<V, 1>(zp, a0, a1, kc, sp, first);
-                            r += 1;
-                        }
+        let nr = rows.len();
+        let mut k0 = 0;
+        while k0 < c {
+            let kc = (c - k0).min(KC);
+            pack_panel::<V>(p, j0..j1, k0, kc, tile, &mut panel[..tile * kc]);
+            let chunk = panel.as_ptr();
+            let first = k0 == 0;
+            for jp in 0..tile / (2 * l) {
+                let a0 = chunk.add(2 * jp * kc * l);
+                let a1 = chunk.add((2 * jp + 1) * kc * l);
+                let col = 2 * jp * l;
+                let mut r = 0;
+                while r < nr {
+                    if rg == 8 && nr - r >= 8 {
+                        let zp: [*const f32; 8] =
+                            std::array::from_fn(|q| p.z_row(rows[r + q]).as_ptr().add(k0));
+                        let sp: [*mut f32; 8] =
+                            std::array::from_fn(|q| s.as_mut_ptr().add((r + q) * tile + col));
+                        gemm_tile::<V, 8>(zp, a0, a1, kc, sp, first);
+                        r += 8;
+                    } else if nr - r >= 4 {
+                        let zp: [*const f32; 4] =
+                            std::array::from_fn(|q| p.z_row(rows[r + q]).as_ptr().add(k0));
+                        let sp: [*mut f32; 4] =
+                            std::array::from_fn(|q| s.as_mut_ptr().add((r + q) * tile + col));
+                        gemm_tile::<V, 4>(zp, a0, a1, kc, sp, first);
+                        r += 4;
+                    } else {
+                        let zp = [p.z_row(rows[r]).as_ptr().add(k0)];
+                        let sp = [s.as_mut_ptr().add(r * tile + col)];
+                        gemm_tile::<V, 1>(zp, a0, a1, kc, sp, first);
+                        r += 1;
                     }
                 }
-                k0 += kc;
             }
+            k0 += kc;
         }
         for r in 0..rows.len() {
             for j in j0..j1 {
@@ -425,7 +409,7 @@ unsafe fn clean_rows<V: F32x>(
     let nr = rows.len();
     let tile = packed_tile::<V>();
     let rg = row_group::<V>();
-    let panel_len = if nr > MB { tile * c } else { tile * KC.min(c) };
+    let panel_len = tile * KC.min(c);
     // The bf16 products also need each row's probabilities as bf16 pairs and the tile's
     // targets paired for the accumulator product.
     let (pairs_len, pair_panel_len) = if p.bf16.is_some() {

@@ -279,13 +279,13 @@ fn m512bh(v: __m512i) -> __m512bh {
 }
 
 /// Scores `S[r][j] = (z_r · a_j)/t − b_j` of `rows × [j0, j1)` into `s` (row stride `tile`)
-/// with [`gemm_tile`]; the `bf16` twin of the `f32` kernel's `score_tile_packed` (same
-/// sub-blocking, panels of [`KC2`] class pairs).
+/// with [`gemm_tile`]; the `bf16` twin of the `f32` kernel's `score_tile_packed` (the same
+/// blocking, panels of [`KC2`] class pairs packed just before use).
 ///
 /// # Safety
-/// The CPU has AVX-512 F/BW and BF16; `rows` are valid logit rows of `p` and of `d`;
-/// `j1 − j0 <= tile`, `tile` a multiple of 32; `s` holds `rows.len() × tile` floats and
-/// `panel` `tile × ⌈C/2⌉` (only `tile × min(KC2, ⌈C/2⌉)` when `rows.len() <= MB`).
+/// The CPU has AVX-512 F/BW and BF16; `rows` are valid logit rows of `p` and of `d`, at most
+/// [`MB`] of them; `j1 − j0 <= tile`, `tile` a multiple of 32; `s` holds
+/// `rows.len() × tile` floats and `panel` `tile × min(KC2, ⌈C/2⌉)`.
 pub(crate) unsafe fn score_tile(
     p: &NceProblem<'_>,
     d: &Bf16Data<'_>,
@@ -298,60 +298,40 @@ pub(crate) unsafe fn score_tile(
     let c = p.c;
     let c2 = c.div_ceil(2);
     let odd_c = c % 2 == 1;
-    let whole = rows.len() > MB;
-    if whole {
-        let mut k0 = 0;
-        while k0 < c2 {
-            let kc = (c2 - k0).min(KC2);
-            pack_score_panel(
-                d,
-                (j0, j1),
-                (k0, kc),
-                (c, tile),
-                &mut panel[tile * k0..tile * (k0 + kc)],
-            );
-            k0 += kc;
-        }
-    }
+    assert!(rows.len() <= MB);
     let zrow = |i: usize, k0: usize| d.z[i * d.z_stride + 2 * k0..].as_ptr();
-    // SAFETY: the caller's CPU guarantee; pointers index the packed chunks (`tile × kc`
+    // SAFETY: the caller's CPU guarantee; pointers index the packed chunk (`tile × kc`
     // dwords), logit rows from class `2·k0` on (`2·kc` classes, one fewer in an odd row's
     // last chunk) and score rows of `tile` floats.
     unsafe {
-        for sub in (0..rows.len()).step_by(MB) {
-            let sub_end = (sub + MB).min(rows.len());
-            let mut k0 = 0;
-            while k0 < c2 {
-                let kc = (c2 - k0).min(KC2);
-                let odd = odd_c && k0 + kc == c2;
-                let chunk = if whole {
-                    panel.as_ptr().add(tile * k0)
-                } else {
-                    pack_score_panel(d, (j0, j1), (k0, kc), (c, tile), &mut panel[..tile * kc]);
-                    panel.as_ptr()
-                };
-                let first = k0 == 0;
-                for jp in 0..tile / 32 {
-                    let a = (chunk.add(2 * jp * kc * 16), chunk.add((2 * jp + 1) * kc * 16));
-                    let col = 32 * jp;
-                    let mut r = sub;
-                    while r < sub_end {
-                        if sub_end - r >= 8 {
-                            let zp: [*const u16; 8] = std::array::from_fn(|q| zrow(rows[r + q], k0));
-                            let sp: [*mut f32; 8] =
-                                std::array::from_fn(|q| s.as_mut_ptr().add((r + q) * tile + col));
-                            gemm_tile::<8>(zp, a, (kc, odd), sp, first);
-                            r += 8;
-                        } else {
-                            let zp = [zrow(rows[r], k0)];
-                            let sp = [s.as_mut_ptr().add(r * tile + col)];
-                            gemm_tile::<1>(zp, a, (kc, odd), sp, first);
-                            r += 1;
-                        }
+        let nr = rows.len();
+        let mut k0 = 0;
+        while k0 < c2 {
+            let kc = (c2 - k0).min(KC2);
+            let odd = odd_c && k0 + kc == c2;
+            pack_score_panel(d, (j0, j1), (k0, kc), (c, tile), &mut panel[..tile * kc]);
+            let chunk = panel.as_ptr();
+            let first = k0 == 0;
+            for jp in 0..tile / 32 {
+                let a = (chunk.add(2 * jp * kc * 16), chunk.add((2 * jp + 1) * kc * 16));
+                let col = 32 * jp;
+                let mut r = 0;
+                while r < nr {
+                    if nr - r >= 8 {
+                        let zp: [*const u16; 8] = std::array::from_fn(|q| zrow(rows[r + q], k0));
+                        let sp: [*mut f32; 8] =
+                            std::array::from_fn(|q| s.as_mut_ptr().add((r + q) * tile + col));
+                        gemm_tile::<8>(zp, a, (kc, odd), sp, first);
+                        r += 8;
+                    } else {
+                        let zp = [zrow(rows[r], k0)];
+                        let sp = [s.as_mut_ptr().add(r * tile + col)];
+                        gemm_tile::<1>(zp, a, (kc, odd), sp, first);
+                        r += 1;
                     }
                 }
-                k0 += kc;
             }
+            k0 += kc;
         }
     }
     for r in 0..rows.len() {
