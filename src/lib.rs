@@ -74,7 +74,10 @@
 //! `bf16` and `f16` logits, dense targets and gradients are converted inside the kernels
 //! (AVX-512 / F16C conversions, `bf16` as a 16-bit shift, NEON conversions), everything is
 //! accumulated in `f32`, and each gradient element is rounded once to the caller's type
-//! (the target class's `softmax − 1` computed in `f32` first). Dense InfoNCE on `bf16` runs
+//! (the target class's `softmax − 1` computed in `f32` first), to nearest even — with
+//! `vcvtneps2bf16` on CPUs with AVX-512 BF16, giving the same bits as the integer rounding
+//! elsewhere. Large gradients are written with streaming stores in every element type.
+//! Dense InfoNCE on `bf16` runs
 //! both tile products on the AVX-512 BF16 dot product (`vdpbf16ps`, two multiply-adds per
 //! lane) where the CPU has it: scores are as accurate as in `f32` (products of two `bf16`
 //! are exact), but the accumulator `Σ_j P_ij a_j` rounds each probability to `bf16`, so a
