@@ -244,6 +244,59 @@ fn dense_infonce_large_and_thread_independent() {
     }
 }
 
+/// Wide rows (`C = 4099`, where the forward kernel switches to tiles of twice the width) with
+/// more targets than two such tiles (1100, the last tile partial), a large offset, the
+/// target gradient (whose pass keeps the narrower tile) and NaN-filled outputs, on every
+/// backend.
+#[test]
+fn dense_infonce_wide_classes() {
+    let (n, m, c) = (40usize, 1100usize, 4099usize);
+    let mut s = 23u64;
+    let mut next = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let logits: Vec<f32> = (0..n * c).map(|_| 6.0 * next() - 3.0).collect();
+    let targets: Vec<f32> = (0..m * c).map(|_| next()).collect();
+    let cfg = SoftInfoNce::new().temperature(0.5).offset(m - n - 7);
+    let z = MatRef::new(&logits, n, c).unwrap();
+    let a = Targets::Dense(MatRef::new(&targets, m, c).unwrap());
+    let req = Request {
+        grad_logits: true,
+        grad_targets: true,
+        upstream: None,
+    };
+    let r = reference::soft_infonce(&cfg, z, &a, &req).unwrap();
+    for backend in available_backends() {
+        let mut g = vec![f32::NAN; n * c];
+        let mut ga = vec![f32::NAN; m * c];
+        let out = Outputs::new()
+            .grad_logits(MatMut::new(&mut g, n, c).unwrap())
+            .grad_targets(MatMut::new(&mut ga, m, c).unwrap());
+        let loss = cfg.backend(Some(backend)).compute(z, &a, out).unwrap();
+        assert!(
+            close(loss as f64, r.loss, 1e-5 * r.loss.abs()),
+            "{backend}: {loss} vs {}",
+            r.loss
+        );
+        check(
+            &format!("{backend} wide grad_logits"),
+            &g,
+            &r.grad_logits,
+            2e-4,
+            0.0,
+        );
+        let ga_floor = 1e-6 * r.grad_targets.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        check(
+            &format!("{backend} wide grad_targets"),
+            &ga,
+            &r.grad_targets,
+            2e-4,
+            ga_floor,
+        );
+    }
+}
+
 /// Large row blocks (530 rows: two slabs of 272 and 258 rows, each running more than 32 row
 /// groups of the micro-kernels over every packed chunk), several target tiles (533 targets)
 /// and odd `C` and `M`, in f32 and bf16 (whose AVX-512 BF16 products have their own

@@ -200,10 +200,24 @@ unsafe fn scale_row<V: F32x>(x: &mut [f32], s: f32) {
     }
 }
 
-/// Targets per tile of the packed score kernel: four vectors' worth.
+/// Targets per tile of the packed kernels: sixteen vectors' worth (256 on AVX-512).
 #[inline(always)]
 fn packed_tile<V: F32x>() -> usize {
     16 * V::LANES
+}
+
+/// Targets per tile of the forward kernel for `p`: twice [`packed_tile`] from `C = 4096` on
+/// (`f32` products only). Each tile reads and writes every accumulator row once and may
+/// rescale it; once a slab's `rows × C` accumulators outgrow L2, halving the number of
+/// tiles saves about 1 % at `C = 10⁴`. Smaller `C` keeps the narrower tile and half the
+/// scratch (the peak-memory budget at 8192 rows × 1000 classes).
+#[inline(always)]
+fn forward_tile<V: F32x>(p: &NceProblem<'_>) -> usize {
+    if p.c >= 4096 && p.bf16.is_none() {
+        2 * packed_tile::<V>()
+    } else {
+        packed_tile::<V>()
+    }
 }
 
 /// Columns of `C` per packed panel (the panel of a tile is `tile × KC` floats).
@@ -322,24 +336,24 @@ fn row_group<V: F32x>() -> usize {
 pub(crate) const MB: usize = 512;
 
 /// Scores `S[r][j] = (z_r · a_j)/t − b_j` of `rows × [j0, j1)` into `s` (row stride
-/// `packed_tile`). Each `KC`-column chunk of the tile's targets is packed into `panel` just
+/// `tile`). Each `KC`-column chunk of the tile's targets is packed into `panel` just
 /// before use (a `tile × KC` panel stays in L2) and reused by every row.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `rows` are valid logit rows, at most [`MB`] of them;
-/// `j1 − j0 <= packed_tile::<V>()`; `s` holds `rows.len() × packed_tile` floats and `panel`
-/// `packed_tile × min(KC, C)`.
+/// `tile` a multiple of `2 · LANES`, `j1 − j0 <= tile`; `s` holds `rows.len() × tile` floats
+/// and `panel` `tile × min(KC, C)`.
 #[inline(always)]
 unsafe fn score_tile_packed<V: F32x>(
     p: &NceProblem<'_>,
     rows: &[usize],
     j0: usize,
     j1: usize,
+    tile: usize,
     s: &mut [f32],
     panel: &mut [f32],
 ) {
     let (c, l) = (p.c, V::LANES);
-    let tile = packed_tile::<V>();
     let rg = row_group::<V>();
     assert!(rows.len() <= MB);
     // SAFETY: V's CPU requirement is the caller's; all pointers index the packed chunk of
@@ -407,7 +421,7 @@ unsafe fn clean_rows<V: F32x>(
 ) {
     let (c, m) = (p.c, p.m);
     let nr = rows.len();
-    let tile = packed_tile::<V>();
+    let tile = forward_tile::<V>(p);
     let rg = row_group::<V>();
     let panel_len = tile * KC.min(c);
     // The bf16 products also need each row's probabilities as bf16 pairs and the tile's
@@ -458,10 +472,10 @@ unsafe fn clean_rows<V: F32x>(
                 // and the CPU has AVX-512 BF16 (`dispatch`).
                 super::infonce_bf16::score_tile(p, d, rows, (j0, j1), tile, s, panel);
             } else {
-                score_tile_packed::<V>(p, rows, j0, j1, s, panel);
+                score_tile_packed::<V>(p, rows, j0, j1, tile, s, panel);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            score_tile_packed::<V>(p, rows, j0, j1, s, panel);
+            score_tile_packed::<V>(p, rows, j0, j1, tile, s, panel);
             for r in 0..nr {
                 let srow = &mut s[r * tile..r * tile + w];
                 let tmax = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -876,7 +890,7 @@ unsafe fn grad_targets_generic<V: F32x>(
             let jj_base = tb0 - j0;
             for chunk in clean.chunks(rb) {
                 let nr = chunk.len();
-                score_tile_packed::<V>(p, chunk, tb0, tb1, s, panel);
+                score_tile_packed::<V>(p, chunk, tb0, tb1, tile, s, panel);
                 for (r, &i) in chunk.iter().enumerate() {
                     let sc = p.scale.get(i);
                     for jj in 0..w {
