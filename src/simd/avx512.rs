@@ -313,23 +313,8 @@ unsafe impl<const BF16: bool> F32x for Avx512<BF16> {
     /// `-inf`) are zeroed by the mask whatever the polynomial made of them.
     #[inline(always)]
     unsafe fn exp_nonpos(self) -> Self {
-        // SAFETY: AVX-512F is available (trait CPU requirement); no memory access.
-        unsafe {
-            let x = self.0;
-            let kf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
-            );
-            let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_HI), x);
-            let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_LO), r);
-            let mut p = _mm512_fmadd_ps(_mm512_set1_ps(EXP_C6), r, _mm512_set1_ps(EXP_C5));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C4));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C3));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C1));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(EXP_X_MIN));
-            Avx512(_mm512_maskz_scalef_ps(keep, p, kf))
-        }
+        // SAFETY: AVX-512F is available (trait CPU requirement).
+        unsafe { Avx512(exp_core(self.0, self.0)) }
     }
 
     #[inline(always)]
@@ -344,27 +329,40 @@ unsafe impl<const BF16: bool> F32x for Avx512<BF16> {
                 _mm512_set1_ps(EXP_X_MAX),
                 _mm512_max_ps(_mm512_set1_ps(EXP_X_MIN), x),
             );
-            // 2. Range reduction (`vrndscaleps` with scale 0 = round to nearest integer, ties to
-            //    even, exceptions suppressed).
-            let kf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)),
-            );
-            let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_HI), xc);
-            let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_LO), r);
-            // 3. Polynomial.
-            let mut p = _mm512_fmadd_ps(_mm512_set1_ps(EXP_C6), r, _mm512_set1_ps(EXP_C5));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C4));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C3));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C1));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-            // 4. Scale by 2^k with `vscalefps`, and 5. flush x < EXP_X_MIN to +0 through its
-            //    zeroing mask. For x >= EXP_X_MIN the result is normal, so p·2^k is exact and
-            //    equals the shared algorithm's exponent-field add bit for bit; one instruction
-            //    instead of convert, shift and add. The mask `!(x < EXP_X_MIN)` is true for
-            //    NaN (unordered compare), whose lanes stay NaN.
-            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(EXP_X_MIN));
-            Avx512(_mm512_maskz_scalef_ps(keep, p, kf))
+            Avx512(exp_core(xc, x))
         }
+    }
+}
+
+/// Steps 2–5 of the shared `exp` on the clamped `xc`, flushing the lanes where the original
+/// `x < EXP_X_MIN`:
+/// 2. range reduction (`vrndscaleps` with scale 0 = round to nearest integer, ties to even,
+///    exceptions suppressed); 3. the polynomial;
+/// 4. scaling by `2^k` with `vscalefps`, and 5. flushing `x < EXP_X_MIN` to `+0` through its
+///    zeroing mask. For `x >= EXP_X_MIN` the result is normal, so `p·2^k` is exact and equals
+///    the shared algorithm's exponent-field add bit for bit; one instruction instead of
+///    convert, shift and add. The mask `!(x < EXP_X_MIN)` is true for NaN (unordered
+///    compare), whose lanes stay NaN.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+unsafe fn exp_core(xc: __m512, x: __m512) -> __m512 {
+    // SAFETY: the caller's guarantee; no memory access.
+    unsafe {
+        let kf = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            xc,
+            _mm512_set1_ps(LOG2E),
+        ));
+        let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_HI), xc);
+        let r = _mm512_fmadd_ps(kf, _mm512_set1_ps(-LN2_LO), r);
+        let mut p = _mm512_fmadd_ps(_mm512_set1_ps(EXP_C6), r, _mm512_set1_ps(EXP_C5));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C4));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C1));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(EXP_X_MIN));
+        _mm512_maskz_scalef_ps(keep, p, kf)
     }
 }
