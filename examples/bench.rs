@@ -321,7 +321,6 @@ fn main() {
     });
 }
 
-/// The values of `v` rounded to `T`, converted by all threads.
 /// `v` in the element type `T`: the same vector for `f32` (a copy would double the peak
 /// resident memory that `/usr/bin/time -v` reports for the bench), else a rounded copy.
 fn to_elem<T: Element>(v: Vec<f32>) -> Vec<T> {

@@ -338,11 +338,7 @@ proptest! {
 #[test]
 fn large_problem_all_backends_and_thread_counts() {
     let (n, c) = (64usize, 4099usize);
-    let mut s = 12345u64;
-    let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (s >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut next = common::uniform(12345);
     let logits: Vec<f32> = (0..n * c).map(|_| 10.0 * next() - 5.0).collect();
     let dense: Vec<f32> = (0..n * c).map(|_| next()).collect();
     let z = MatRef::new(&logits, n, c).unwrap();
@@ -411,11 +407,7 @@ fn forcing_an_unavailable_backend_is_an_error() {
 #[test]
 fn streaming_gradient_matches_reference() {
     let (n, c, stride) = (1031usize, 16411usize, 16413usize);
-    let mut s = 99u64;
-    let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (s >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut next = common::uniform(99);
     let logits: Vec<f32> = (0..n * stride).map(|_| 8.0 * next() - 4.0).collect();
     let labels: Vec<u32> = (0..n).map(|i| (i * 7919 % c) as u32).collect();
     let z = MatRef::with_stride(&logits, n, c, stride).unwrap();
@@ -457,11 +449,7 @@ fn streaming_gradient_matches_reference() {
 fn streaming_half_gradient_is_the_rounded_f32_gradient() {
     fn check<H: softnce::Element>(what: &str) {
         let (n, c, stride) = (1031usize, 16411usize, 16413usize);
-        let mut s = 5u64;
-        let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut next = common::uniform(5);
         let zh: Vec<H> = (0..n * stride).map(|_| H::from_f32(8.0 * next() - 4.0)).collect();
         let ah: Vec<H> = (0..n * c).map(|_| H::from_f32(next())).collect();
         let z32: Vec<f32> = zh.iter().map(|v| v.to_f32()).collect();

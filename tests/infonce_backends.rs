@@ -199,11 +199,7 @@ proptest! {
 #[test]
 fn dense_infonce_large_and_thread_independent() {
     let (n, m, c) = (70usize, 150usize, 517usize);
-    let mut s = 7u64;
-    let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (s >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut next = common::uniform(7);
     let logits: Vec<f32> = (0..n * c).map(|_| 6.0 * next() - 3.0).collect();
     let targets: Vec<f32> = (0..m * c).map(|_| next()).collect();
     let z = MatRef::new(&logits, n, c).unwrap();
@@ -251,11 +247,7 @@ fn dense_infonce_large_and_thread_independent() {
 #[test]
 fn dense_infonce_wide_classes() {
     let (n, m, c) = (40usize, 1100usize, 4099usize);
-    let mut s = 23u64;
-    let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (s >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut next = common::uniform(23);
     let logits: Vec<f32> = (0..n * c).map(|_| 6.0 * next() - 3.0).collect();
     let targets: Vec<f32> = (0..m * c).map(|_| next()).collect();
     let cfg = SoftInfoNce::new().temperature(0.5).offset(m - n - 7);
@@ -304,11 +296,7 @@ fn dense_infonce_wide_classes() {
 #[test]
 fn dense_infonce_several_sub_blocks() {
     let (n, m, c) = (530usize, 533usize, 263usize);
-    let mut s = 11u64;
-    let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (s >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut next = common::uniform(11);
     let logits: Vec<f32> = (0..n * c).map(|_| 6.0 * next() - 3.0).collect();
     let targets: Vec<f32> = (0..m * c).map(|_| next()).collect();
     let cfg = SoftInfoNce::new().temperature(0.7).offset(1);

@@ -497,10 +497,10 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
 }
 
 /// Sweep 3 on its own (a block's last row, or a row before a special one; the others run
-/// fused through [`PrevSweep`]): `g_c = e_c·c1 + a_c·c2` (dense, `a = Some`) or
-/// `g_c = e_c·c1 + c2` (structured). With `stream`,
-/// whole aligned vectors are written with non-temporal stores (no read for ownership); the
-/// caller then issues [`F32x::stream_fence`] before the block completes.
+/// fused into the next row's sweep): [`PrevSweep`] run to the end. `g_c = e_c·c1 + a_c·c2`
+/// (dense, `a = Some`) or `g_c = e_c·c1 + c2` (structured). With `stream`, whole aligned
+/// vectors are written with non-temporal stores (no read for ownership); the caller then
+/// issues [`F32x::stream_fence`] before the block completes.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `e`, `g` (and `a`) have the same length.
@@ -513,35 +513,18 @@ unsafe fn write_grad<V: F32x, E: KElem>(
     g: &mut [E],
     stream: bool,
 ) {
-    let n = e.len();
-    let l = V::LANES;
-    let (ep, gp) = (e.as_ptr(), g.as_mut_ptr());
-    let ap = a.map_or(std::ptr::null(), |a| a.as_ptr());
-    // SAFETY: V's CPU features are guaranteed by the caller; all slices have length n and
-    // every access is a full vector below n or a partial one of fewer than l elements;
-    // streaming stores start at `head`, where `gp + head` is aligned to a whole vector of E.
+    let prev = PrevGrad {
+        e,
+        a,
+        c1,
+        c2,
+        g,
+        stream,
+    };
+    // SAFETY: V's CPU requirement is the caller's; `e`, `g` (and `a`) have the same length.
     unsafe {
-        let (v1, v2) = (V::splat(c1), V::splat(c2));
-        let mut i = 0;
-        if stream {
-            let head = stream_head::<V, E>(gp, n);
-            if head > 0 {
-                E::store_partial::<V>(grad_vec::<V, E>(ep, ap, 0, head, v1, v2), gp, head);
-                i = head;
-            }
-            while i + l <= n {
-                E::store_stream::<V>(grad_vec::<V, E>(ep, ap, i, l, v1, v2), gp.add(i));
-                i += l;
-            }
-        } else {
-            while i + l <= n {
-                E::store::<V>(grad_vec::<V, E>(ep, ap, i, l, v1, v2), gp.add(i));
-                i += l;
-            }
-        }
-        if i < n {
-            E::store_partial::<V>(grad_vec::<V, E>(ep, ap, i, n - i, v1, v2), gp.add(i), n - i);
-        }
+        let (sweep, j) = PrevSweep::<V, E>::start(Some(prev));
+        sweep.finish(j);
     }
 }
 

@@ -103,10 +103,9 @@ unsafe fn pack_axpy_panel<V: F32x>(src: &[*const f32], cb: usize, cw: usize, pan
 
 /// `o_r[k] += Σ_j p_r[j] · a_j[k]` (`=` when `first`: `o` is not read) for `RI` rows and `k`
 /// in `[0, cw)`, the targets `a_j` packed by [`pack_axpy_panel`] (`w` of them; `p_r` has at
-/// least `w` weights). The addresses
-/// in `pf` (the caller's next accumulator block, which may be far out in memory) are
-/// prefetched one per target during the first columns, so their latency hides behind this
-/// call's multiply-adds.
+/// least `w` weights). The addresses in `pf` (the caller's next accumulator block, which may
+/// be far out in memory) are prefetched one per target during the first columns, so their
+/// latency hides behind this call's multiply-adds.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `o` pointers valid for reading and writing `cw` floats; `panel`
@@ -445,17 +444,11 @@ unsafe fn clean_rows<V: F32x>(
     let mut sum = vec![0.0f32; nr];
     // The accumulators O_i = Σ_j P_ij a_j live in the caller's gradient rows (no extra N × C
     // memory); the first tile's products write them (no zero fill, which would cost a pass
-    // over the rows), and they are finished in place at the end.
+    // over the rows; validation guarantees `M >= offset + N >= 1`, so there is a first
+    // tile), and they are finished in place at the end.
+    debug_assert!(m > 0);
     let optrs: Vec<*mut f32> = match grad {
-        Some(g) => g
-            .iter_mut()
-            .map(|row| {
-                if m == 0 {
-                    row.fill(0.0);
-                }
-                row.as_mut_ptr()
-            })
-            .collect(),
+        Some(g) => g.iter_mut().map(|row| row.as_mut_ptr()).collect(),
         None => Vec::new(),
     };
     let want_grad = !optrs.is_empty();

@@ -20,3 +20,13 @@ pub fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
     }
 }
+
+/// A deterministic stream of `f32` in `[0, 1)` (a 64-bit LCG's top 24 bits) for tests whose
+/// shapes are too large for proptest.
+pub fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut s = seed;
+    move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
