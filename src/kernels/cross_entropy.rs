@@ -141,10 +141,24 @@ unsafe fn row_max<V: F32x, E: KElem>(z: &[E], next: &[E]) -> f32 {
                     V::prefetch(np.wrapping_add(i + u * l).cast());
                 }
             }
-            m0 = m0.max_nan(E::load::<V>(p.add(i)));
-            m1 = m1.max_nan(E::load::<V>(p.add(i + l)));
-            m2 = m2.max_nan(E::load::<V>(p.add(i + 2 * l)));
-            m3 = m3.max_nan(E::load::<V>(p.add(i + 3 * l)));
+            // The maximum does not depend on the lane order: paired types take the cheaper
+            // interleaved widening.
+            let (x0, x1, x2, x3) = if E::PAIRED {
+                let (x0, x1) = E::load2::<V>(p.add(i));
+                let (x2, x3) = E::load2::<V>(p.add(i + 2 * l));
+                (x0, x1, x2, x3)
+            } else {
+                (
+                    E::load::<V>(p.add(i)),
+                    E::load::<V>(p.add(i + l)),
+                    E::load::<V>(p.add(i + 2 * l)),
+                    E::load::<V>(p.add(i + 3 * l)),
+                )
+            };
+            m0 = m0.max_nan(x0);
+            m1 = m1.max_nan(x1);
+            m2 = m2.max_nan(x2);
+            m3 = m3.max_nan(x3);
             i += 4 * l;
         }
         while i + l <= n {
@@ -169,6 +183,74 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
     unsafe { V::load_partial(ONES.as_ptr(), n, 0.0) }
 }
 
+/// The running sums of [`dense_stats`]: `S`, `mass`, `−T` and the smallest weight.
+type DenseAcc<V> = (V, V, V, V);
+
+/// One vector of [`dense_stats`]: `d = (z − m)/t` and weights `av` into the sums (`dt` is
+/// the `d` that multiplies the weights); returns `e = exp(d)` to store. `dt·a` is NaN only
+/// for `0·(−∞)` (a masked class without weight), which `dense_stats` detects and recomputes.
+///
+/// # Safety
+/// `V`'s CPU requirement.
+#[inline(always)]
+unsafe fn dense_vec<V: F32x>(d: V, dt: V, av: V, (s, mass, tt, lo): DenseAcc<V>) -> (V, DenseAcc<V>) {
+    // SAFETY: the caller's guarantee; no memory access.
+    unsafe {
+        let ev = d.exp_nonpos();
+        (ev, (s.add(ev), mass.add(av), dt.fma(av, tt), lo.min(av)))
+    }
+}
+
+/// [`dense_stats`] on the whole vectors of columns `i..end`, then a partial one; returns the
+/// next column (`end`) and the sums. Padding lanes read as `z = −∞`, `a = 0`: their `e` is
+/// 0, and their `d` is zeroed before it meets the weight (the `0·(−∞) = 0` convention, so
+/// padding never sends the row to the masked path). `next` is prefetched, one vector's
+/// worth per vector, and `prev`'s sweep steps once per vector.
+///
+/// # Safety
+/// `V`'s CPU requirement; the row's slices hold at least `end` elements.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dense_span<V: F32x, E: KElem>(
+    (zp, ap, ep): (*const E, *const E, *mut f32),
+    (mut i, end): (usize, usize),
+    vm: V,
+    tp: Temp,
+    next: &[E],
+    (sweep, mut pj): (PrevSweep<V, E>, usize),
+    mut acc: DenseAcc<V>,
+) -> (usize, DenseAcc<V>) {
+    let l = V::LANES;
+    let np = next.as_ptr();
+    // SAFETY: the caller's guarantees: full vectors below `end`, then one partial vector of
+    // `end − i < l` elements; prefetches are hints that never fault.
+    unsafe {
+        // No closures here: a closure would be compiled without the entry point's target
+        // features and the vector intrinsics would not inline.
+        while i + l <= end {
+            if i < next.len() {
+                V::prefetch(np.add(i).cast());
+            }
+            pj = sweep.step(pj);
+            let av = E::load::<V>(ap.add(i));
+            let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
+            let (ev, a2) = dense_vec(d, d, av, acc);
+            ev.store(ep.add(i));
+            acc = a2;
+            i += l;
+        }
+        if i < end {
+            let r = end - i;
+            let av = E::load_partial::<V>(ap.add(i), r, 0.0);
+            let d = tp.vec(E::load_partial::<V>(zp.add(i), r, f32::NEG_INFINITY).sub(vm));
+            let (ev, a2) = dense_vec(d, d.zero_where_zero(av), av, acc);
+            ev.store_partial(ep.add(i), r);
+            acc = a2;
+        }
+        (pj, acc)
+    }
+}
+
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`,
 /// returns `(S, mass, T, ok)` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even
 /// where `z_c = −∞`) and `ok` false if a weight may be negative or non-finite (a finite
@@ -176,62 +258,62 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
 /// `next` (part of the next row) is prefetched, one vector's worth per vector read, and
 /// `prev`'s gradient sweep (the previous row's) runs in the same loop (see [`dense_block`]).
 ///
+/// Paired element types ([`KElem::PAIRED`]) read columns `h..` two vectors at a time and
+/// store their `e` in the pairs' interleaved order (see [`e_index`]); `h` is the row's
+/// [`pair_origin`], so that its own gradient sweep later meets the same pairs.
+///
 /// # Safety
-/// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite.
+/// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite; `h <= len`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dense_stats<V: F32x, E: KElem>(
     z: &[E],
     a: &[E],
     m: f32,
     tp: Temp,
     e: &mut [f32],
+    h: usize,
     next: &[E],
     prev: Option<PrevGrad<'_, E>>,
 ) -> (f32, f32, f32, bool) {
     let n = z.len();
     let l = V::LANES;
-    let (zp, ap, ep, np) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr(), next.as_ptr());
+    let (zp, ap, ep) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr());
     // The previous row's gradient sweep rides along (see `dense_block`): `pj` is its next
     // column; its unaligned head (streaming stores need aligned vectors) goes first.
     // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
     let (sweep, mut pj) = unsafe { PrevSweep::<V, E>::start(prev) };
     // SAFETY: V's CPU features are guaranteed by the caller; the three slices have length n
-    // and every access is a full vector below n or a partial one of n − i < l elements;
+    // and every access is inside them (spans end at `h <= n` or `n`, pairs at `i + 2l <= n`);
     // prefetches are hints that never fault.
     unsafe {
         let vm = V::splat(m);
-        let (mut s, mut mass, mut tt, mut lo) = (V::zero(), V::zero(), V::zero(), V::zero());
+        let mut acc = (V::zero(), V::zero(), V::zero(), V::zero());
         let mut i = 0;
-        // No closures here: a closure would be compiled without the entry point's target
-        // features and the vector intrinsics would not inline.
-        while i + l <= n {
-            if i < next.len() {
-                V::prefetch(np.add(i).cast());
+        if E::PAIRED {
+            (pj, acc) = dense_span::<V, E>((zp, ap, ep), (0, h), vm, tp, next, (sweep, pj), acc);
+            i = h;
+            let np = next.as_ptr();
+            while i + 2 * l <= n {
+                if i < next.len() {
+                    V::prefetch(np.add(i).cast());
+                }
+                pj = sweep.step(pj);
+                let (a0, a1) = E::load2::<V>(ap.add(i));
+                let (z0, z1) = E::load2::<V>(zp.add(i));
+                let d0 = tp.vec(z0.sub(vm));
+                let d1 = tp.vec(z1.sub(vm));
+                let (e0, a2) = dense_vec(d0, d0, a0, acc);
+                let (e1, a3) = dense_vec(d1, d1, a1, a2);
+                e0.store(ep.add(i));
+                e1.store(ep.add(i + l));
+                acc = a3;
+                i += 2 * l;
             }
-            pj = sweep.step(pj);
-            let av = E::load::<V>(ap.add(i));
-            let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
-            let ev = d.exp_nonpos();
-            ev.store(ep.add(i));
-            s = s.add(ev);
-            mass = mass.add(av);
-            lo = lo.min(av);
-            // d·a is NaN only for 0·(−∞) (masked class without weight): detected below.
-            tt = d.fma(av, tt);
-            i += l;
         }
-        if i < n {
-            let r = n - i;
-            let av = E::load_partial::<V>(ap.add(i), r, 0.0);
-            let d = tp.vec(E::load_partial::<V>(zp.add(i), r, f32::NEG_INFINITY).sub(vm));
-            let ev = d.exp_nonpos();
-            ev.store_partial(ep.add(i), r);
-            s = s.add(ev);
-            mass = mass.add(av);
-            lo = lo.min(av);
-            tt = d.fma(av, tt);
-        }
+        (pj, acc) = dense_span::<V, E>((zp, ap, ep), (i, n), vm, tp, next, (sweep, pj), acc);
         sweep.finish(pj);
+        let (s, mass, tt, lo) = acc;
         let mass = mass.hsum();
         // A NaN weight makes `mass` NaN whatever `min` does with it; `−hmax(−lo)` is the
         // smallest lane.
@@ -275,35 +357,28 @@ unsafe fn masked_dot<V: F32x, E: KElem>(z: &[E], a: &[E], vm: V, tp: Temp) -> f3
     }
 }
 
-/// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
-/// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0). `next` (part
-/// of the next row) is prefetched, one vector's worth per vector read, and `prev`'s
-/// gradient sweep runs in the same loop (see [`structured_block`]).
+/// [`exp_stats`] on the whole vectors of columns `i..end`, then a partial one (padding
+/// lanes read as `z = −∞`: `e = 0`, and they are selected out of `R`); returns the next
+/// column (`end`) and the sums `(S, −R)`. Prefetches and `prev`'s steps as in
+/// [`dense_span`].
 ///
 /// # Safety
-/// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite.
+/// `V`'s CPU requirement; the row's slices hold at least `end` elements.
 #[inline(always)]
-unsafe fn exp_stats<V: F32x, E: KElem>(
-    z: &[E],
-    m: f32,
-    tp: Temp,
-    e: &mut [f32],
-    want_r: bool,
+#[allow(clippy::too_many_arguments)]
+unsafe fn exp_span<V: F32x, E: KElem>(
+    (zp, ep): (*const E, *mut f32),
+    (mut i, end): (usize, usize),
+    (vm, tp, want_r): (V, Temp, bool),
     next: &[E],
-    prev: Option<PrevGrad<'_, E>>,
-) -> (f32, f32) {
-    let n = z.len();
+    (sweep, mut pj): (PrevSweep<V, E>, usize),
+    (mut s, mut r): (V, V),
+) -> (usize, (V, V)) {
     let l = V::LANES;
-    let (zp, ep, np) = (z.as_ptr(), e.as_mut_ptr(), next.as_ptr());
-    // The previous row's gradient sweep rides along, as in `dense_stats`.
-    // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
-    let (sweep, mut pj) = unsafe { PrevSweep::<V, E>::start(prev) };
-    // SAFETY: as in `dense_stats`.
+    let np = next.as_ptr();
+    // SAFETY: as in `dense_span`.
     unsafe {
-        let vm = V::splat(m);
-        let (mut s, mut r) = (V::zero(), V::zero());
-        let mut i = 0;
-        while i + l <= n {
+        while i + l <= end {
             if i < next.len() {
                 V::prefetch(np.add(i).cast());
             }
@@ -317,8 +392,8 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
             }
             i += l;
         }
-        if i < n {
-            let k = n - i;
+        if i < end {
+            let k = end - i;
             let d = tp.vec(E::load_partial::<V>(zp.add(i), k, f32::NEG_INFINITY).sub(vm));
             let ev = d.exp_nonpos();
             ev.store_partial(ep.add(i), k);
@@ -328,16 +403,100 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
                 r = r.sub(d.zero_where_zero(tail_mask::<V>(k)));
             }
         }
+        (pj, (s, r))
+    }
+}
+
+/// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
+/// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0). `next` (part
+/// of the next row) is prefetched, one vector's worth per vector read, and `prev`'s
+/// gradient sweep runs in the same loop (see [`structured_block`]). Paired element types
+/// read columns `h..` in pairs, as in [`dense_stats`].
+///
+/// # Safety
+/// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite; `h <= len`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn exp_stats<V: F32x, E: KElem>(
+    z: &[E],
+    m: f32,
+    tp: Temp,
+    e: &mut [f32],
+    h: usize,
+    want_r: bool,
+    next: &[E],
+    prev: Option<PrevGrad<'_, E>>,
+) -> (f32, f32) {
+    let n = z.len();
+    let l = V::LANES;
+    let (zp, ep) = (z.as_ptr(), e.as_mut_ptr());
+    // The previous row's gradient sweep rides along, as in `dense_stats`.
+    // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
+    let (sweep, mut pj) = unsafe { PrevSweep::<V, E>::start(prev) };
+    // SAFETY: as in `dense_stats`.
+    unsafe {
+        let vm = V::splat(m);
+        let mut acc = (V::zero(), V::zero());
+        let mut i = 0;
+        if E::PAIRED {
+            (pj, acc) = exp_span::<V, E>((zp, ep), (0, h), (vm, tp, want_r), next, (sweep, pj), acc);
+            i = h;
+            let np = next.as_ptr();
+            let (mut s, mut r) = acc;
+            while i + 2 * l <= n {
+                if i < next.len() {
+                    V::prefetch(np.add(i).cast());
+                }
+                pj = sweep.step(pj);
+                let (z0, z1) = E::load2::<V>(zp.add(i));
+                let d0 = tp.vec(z0.sub(vm));
+                let d1 = tp.vec(z1.sub(vm));
+                let e0 = d0.exp_nonpos();
+                let e1 = d1.exp_nonpos();
+                e0.store(ep.add(i));
+                e1.store(ep.add(i + l));
+                s = s.add(e0).add(e1);
+                if want_r {
+                    r = r.sub(d0).sub(d1);
+                }
+                i += 2 * l;
+            }
+            acc = (s, r);
+        }
+        let (pj, (s, r)) = exp_span::<V, E>((zp, ep), (i, n), (vm, tp, want_r), next, (sweep, pj), acc);
         sweep.finish(pj);
         (s.hsum(), if want_r { r.hsum() } else { 0.0 })
     }
 }
 
-/// How many elements of a gradient row of `n` at `g` precede the first one aligned to a
-/// whole vector of `E` (`LANES · size_of::<E>()` bytes), where streaming stores can start.
+/// Where column `c` of a row of `n` with pair origin `h` keeps its exponential in the
+/// scratch row: paired types ([`KElem::PAIRED`]) store each whole pair of vectors from `h`
+/// on in [`KElem::load2`]'s order (even columns of the pair, then odd ones); other columns
+/// (and other types) in place.
 #[inline(always)]
-fn stream_head<V: F32x, E>(g: *mut E, n: usize) -> usize {
-    let (size, vb) = (std::mem::size_of::<E>(), V::LANES * std::mem::size_of::<E>());
+fn e_index<V: F32x, E: KElem>(c: usize, h: usize, n: usize) -> usize {
+    let w = 2 * V::LANES;
+    if !E::PAIRED || c < h || c - h >= (n - h) / w * w {
+        return c;
+    }
+    let q = c - h;
+    h + q / w * w + (q % 2) * V::LANES + (q % w) / 2
+}
+
+/// The pair origin of a gradient row of `n` at `g`: where the paired sweeps of a paired
+/// element type ([`KElem::PAIRED`]) start, the first column aligned to a whole pair of
+/// vectors (`2·LANES · size_of::<E>()` bytes, as its streaming stores need). The row's
+/// statistics sweep and its gradient sweep both derive it from `g`, so they agree.
+#[inline(always)]
+fn pair_origin<V: F32x, E>(g: *const E, n: usize) -> usize {
+    aligned_head(g, n, 2 * V::LANES)
+}
+
+/// How many elements of a row of `n` at `g` precede the first one aligned to `lanes`
+/// elements of `E` (`lanes · size_of::<E>()` bytes).
+#[inline(always)]
+fn aligned_head<E>(g: *const E, n: usize, lanes: usize) -> usize {
+    let (size, vb) = (std::mem::size_of::<E>(), lanes * std::mem::size_of::<E>());
     ((vb - (g as usize) % vb) % vb / size).min(n)
 }
 
@@ -404,7 +563,8 @@ struct PrevSweep<V, E> {
 }
 
 impl<V: F32x, E: KElem> PrevSweep<V, E> {
-    /// Writes the unaligned head (when streaming); returns the sweep and its next column.
+    /// Writes the head (before the pair origin for paired types, before the first aligned
+    /// vector when streaming); returns the sweep and its next column.
     ///
     /// # Safety
     /// `V`'s CPU requirement; `e`, `a` (if any) and `g` have the same length.
@@ -438,14 +598,25 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
                         v2,
                         nt,
                     };
-                    let mut j = 0;
-                    if nt {
-                        let head = stream_head::<V, E>(sweep.g, n);
-                        if head > 0 {
-                            let v = grad_vec::<V, E>(sweep.e, sweep.a, 0, head, v1, v2);
-                            E::store_partial::<V>(v, sweep.g, head);
-                            j = head;
-                        }
+                    // Paired types start their pairs at the row's pair origin (where its
+                    // statistics sweep started them); others stream from the first aligned
+                    // vector. The head before it is written with plain stores.
+                    let head = if E::PAIRED {
+                        pair_origin::<V, E>(sweep.g, n)
+                    } else if nt {
+                        aligned_head(sweep.g, n, V::LANES)
+                    } else {
+                        0
+                    };
+                    let (l, mut j) = (V::LANES, 0);
+                    while j + l <= head {
+                        E::store::<V>(grad_vec::<V, E>(sweep.e, sweep.a, j, l, v1, v2), sweep.g.add(j));
+                        j += l;
+                    }
+                    if j < head {
+                        let v = grad_vec::<V, E>(sweep.e, sweep.a, j, head - j, v1, v2);
+                        E::store_partial::<V>(v, sweep.g.add(j), head - j);
+                        j = head;
                     }
                     (sweep, j)
                 }
@@ -453,13 +624,30 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
         }
     }
 
-    /// Writes the whole vector at column `j`, if it fits; returns the next column.
+    /// Writes the whole vector at column `j` (a whole pair of vectors for paired types, while
+    /// one fits), if it fits; returns the next column.
     ///
     /// # Safety
     /// `V`'s CPU requirement; `j` came from [`start`](Self::start) or `step`.
     #[inline(always)]
     unsafe fn step(self, j: usize) -> usize {
         let l = V::LANES;
+        if E::PAIRED && j + 2 * l <= self.n {
+            // SAFETY: `j + 2l <= n`: two whole vectors inside all three rows; `j` is the pair
+            // origin plus whole pairs, so `e` holds this pair's exponentials in `load2`'s
+            // order and, with `nt`, `g + j` is aligned to the pair's size.
+            unsafe {
+                let (e0, e1) = (V::load(self.e.add(j)), V::load(self.e.add(j + l)));
+                let (g0, g1) = if self.a.is_null() {
+                    (e0.fma(self.v1, self.v2), e1.fma(self.v1, self.v2))
+                } else {
+                    let (a0, a1) = E::load2::<V>(self.a.add(j));
+                    (e0.fma(self.v1, a0.mul(self.v2)), e1.fma(self.v1, a1.mul(self.v2)))
+                };
+                E::store2::<V>(g0, g1, self.g.add(j), self.nt);
+            }
+            return j + 2 * l;
+        }
         if j + l > self.n {
             return j;
         }
@@ -629,7 +817,8 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                     g: grow(pr).expect("pending rows have a gradient"),
                     stream: p.stream,
                 });
-                let (s, mass, tt, ok) = dense_stats::<V, E>(z, ai, m, tp, e_cur, next_a, prev);
+                let h = gp.map_or(0, |g| pair_origin::<V, E>(g.add(r * g_stride), c));
+                let (s, mass, tt, ok) = dense_stats::<V, E>(z, ai, m, tp, e_cur, h, next_a, prev);
                 suspect |= !ok;
                 if gp.is_some() {
                     pending = Some((r, i, k * mass / s, -k));
@@ -681,9 +870,10 @@ unsafe fn dense_block<V: F32x, E: KElem>(
 
 /// The explicit classes of a structured row's gradient, last and in `f32`:
 /// `g_c = e_c·c1 + c2 − k·Σw` over the row's entries (`c2 = −k·floor`), after the sweep
-/// wrote `e·c1 + c2` everywhere. `d` is scratch of `C` floats (half precision only).
+/// wrote `e·c1 + c2` everywhere. `d` is scratch of `C` floats (half precision only); `e`
+/// is in the order the row's sweeps used (see [`e_index`]).
 #[inline(always)]
-fn fix_explicit<E: KElem>(
+fn fix_explicit<V: F32x, E: KElem>(
     g: &mut [E],
     e: &[f32],
     entries: crate::targets::Entries<'_>,
@@ -704,9 +894,10 @@ fn fix_explicit<E: KElem>(
         for (cls, w) in entries.iter() {
             d[cls as usize] += k * w;
         }
+        let (n, h) = (g.len(), pair_origin::<V, E>(g.as_ptr(), g.len()));
         for (cls, _) in entries.iter() {
             let c = cls as usize;
-            g[c] = E::from_f32(e[c].mul_add(c1, c2) - d[c]);
+            g[c] = E::from_f32(e[e_index::<V, E>(c, h, n)].mul_add(c1, c2) - d[c]);
         }
     }
 }
@@ -770,11 +961,12 @@ unsafe fn structured_block<V: F32x, E: KElem>(
                     g: grow(pr).expect("pending rows have a gradient"),
                     stream: p.stream,
                 });
-                let (sum, rr) = exp_stats::<V, E>(z, m, tp, e_cur, floor > 0.0, next_b, prev);
+                let h = gp.map_or(0, |g| pair_origin::<V, E>(g.add(r * g_stride), c));
+                let (sum, rr) = exp_stats::<V, E>(z, m, tp, e_cur, h, floor > 0.0, next_b, prev);
                 if let Some((pr, pe, c1, c2, pk)) = prev_row {
                     // The previous row's sweep is done: its explicit classes now.
                     let g = grow(pr).expect("pending rows have a gradient");
-                    fix_explicit(g, e_prev, pe, (c1, c2, pk), d);
+                    fix_explicit::<V, E>(g, e_prev, pe, (c1, c2, pk), d);
                 }
                 let mut loss = mass * sum.ln() + if floor > 0.0 { floor * rr } else { 0.0 };
                 for (cls, w) in entries.iter() {
@@ -790,14 +982,14 @@ unsafe fn structured_block<V: F32x, E: KElem>(
                 if let Some((pr, pe, c1, c2, pk)) = pending.take() {
                     let g = grow(pr).expect("pending rows have a gradient");
                     write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
-                    fix_explicit(g, e_prev, pe, (c1, c2, pk), d);
+                    fix_explicit::<V, E>(g, e_prev, pe, (c1, c2, pk), d);
                 }
                 if m == f32::NEG_INFINITY {
                     if let Some(g) = grow(r) {
                         // Probabilities are all zero: g = −k·floor, explicit classes −k·(floor + w).
                         e_cur.fill(0.0);
                         write_grad::<V, E>(e_cur, None, 0.0, -k * floor, g, false);
-                        fix_explicit(g, e_cur, entries, (0.0, -k * floor, k), d);
+                        fix_explicit::<V, E>(g, e_cur, entries, (0.0, -k * floor, k), d);
                     }
                     if mass > 0.0 {
                         f32::INFINITY
@@ -820,7 +1012,7 @@ unsafe fn structured_block<V: F32x, E: KElem>(
         if let Some((pr, pe, c1, c2, pk)) = pending {
             let g = grow(pr).expect("pending rows have a gradient");
             write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
-            fix_explicit(g, e_prev, pe, (c1, c2, pk), d);
+            fix_explicit::<V, E>(g, e_prev, pe, (c1, c2, pk), d);
         }
     }
     total

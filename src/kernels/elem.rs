@@ -15,6 +15,27 @@ pub(crate) unsafe trait KElem: Element {
     /// Whether this is `f32`.
     const IS_F32: bool;
 
+    /// Whether the kernels' main loops read and write this type two vectors at a time, in
+    /// [`load2`](KElem::load2)'s interleaved order (`bf16`, whose widening is then one
+    /// operation per vector instead of two).
+    const PAIRED: bool;
+
+    /// `2·LANES` elements at `p`, widened, in the order of [`F32x::load_bf16x2`] (element
+    /// `2i` in lane `i` of the first vector, `2i + 1` in lane `i` of the second). Only
+    /// called when [`PAIRED`](KElem::PAIRED).
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `p` valid for reads of `2·LANES` elements.
+    unsafe fn load2<V: F32x>(p: *const Self) -> (V, V);
+
+    /// The inverse of [`load2`](KElem::load2), rounding as [`store`](KElem::store); with
+    /// `stream`, a non-temporal store (`p` then aligned to `2·LANES · size_of::<Self>()`
+    /// bytes). Only called when [`PAIRED`](KElem::PAIRED).
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `p` valid for writes of `2·LANES` elements.
+    unsafe fn store2<V: F32x>(lo: V, hi: V, p: *mut Self, stream: bool);
+
     /// `LANES` elements at `p`, widened.
     ///
     /// # Safety
@@ -85,6 +106,15 @@ pub(crate) unsafe trait KElem: Element {
 // SAFETY: plain LANES-wide (partial: n-wide) f32 loads and stores.
 unsafe impl KElem for f32 {
     const IS_F32: bool = true;
+    const PAIRED: bool = false;
+    #[inline(always)]
+    unsafe fn load2<V: F32x>(_: *const Self) -> (V, V) {
+        unreachable!("only paired types are read in pairs")
+    }
+    #[inline(always)]
+    unsafe fn store2<V: F32x>(_: V, _: V, _: *mut Self, _: bool) {
+        unreachable!("only paired types are written in pairs")
+    }
     #[inline(always)]
     unsafe fn load<V: F32x>(p: *const f32) -> V {
         // SAFETY: the caller's guarantees.
@@ -115,6 +145,24 @@ unsafe impl KElem for f32 {
 // SAFETY: `bf16` is `repr(transparent)` over its `u16` bits; LANES u16s are accessed.
 unsafe impl KElem for bf16 {
     const IS_F32: bool = false;
+    const PAIRED: bool = true;
+    #[inline(always)]
+    unsafe fn load2<V: F32x>(p: *const bf16) -> (V, V) {
+        // SAFETY: the caller's guarantees; bf16 has the layout of u16.
+        unsafe { V::load_bf16x2(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn store2<V: F32x>(lo: V, hi: V, p: *mut bf16, stream: bool) {
+        // SAFETY: the caller's guarantees (alignment when streaming); bf16 has the layout of
+        // u16.
+        unsafe {
+            if stream {
+                V::store_bf16x2_stream(lo, hi, p.cast())
+            } else {
+                V::store_bf16x2(lo, hi, p.cast())
+            }
+        }
+    }
     #[inline(always)]
     unsafe fn load<V: F32x>(p: *const bf16) -> V {
         // SAFETY: the caller's guarantees; bf16 has the layout of u16.
@@ -135,6 +183,15 @@ unsafe impl KElem for bf16 {
 // SAFETY: `f16` is `repr(transparent)` over its `u16` bits; LANES u16s are accessed.
 unsafe impl KElem for f16 {
     const IS_F32: bool = false;
+    const PAIRED: bool = false;
+    #[inline(always)]
+    unsafe fn load2<V: F32x>(_: *const Self) -> (V, V) {
+        unreachable!("only paired types are read in pairs")
+    }
+    #[inline(always)]
+    unsafe fn store2<V: F32x>(_: V, _: V, _: *mut Self, _: bool) {
+        unreachable!("only paired types are written in pairs")
+    }
     #[inline(always)]
     unsafe fn load<V: F32x>(p: *const f16) -> V {
         // SAFETY: the caller's guarantees; f16 has the layout of u16.

@@ -246,6 +246,31 @@ unsafe impl F32x for Avx2 {
     }
 
     #[inline(always)]
+    unsafe fn load_bf16x2(ptr: *const u16) -> (Self, Self) {
+        // SAFETY: AVX2 is available; 16 u16s (32 bytes) are readable at `ptr`. Element `2i`
+        // is the low half of 32-bit word `i`, element `2i + 1` its high half.
+        unsafe {
+            let x = _mm256_loadu_si256(ptr.cast());
+            let lo = _mm256_slli_epi32::<16>(x);
+            let hi = _mm256_and_si256(x, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+            (Avx2(_mm256_castsi256_ps(lo)), Avx2(_mm256_castsi256_ps(hi)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16x2(lo: Self, hi: Self, ptr: *mut u16) {
+        // SAFETY: AVX2 is available; 16 u16s are writable at `ptr`.
+        unsafe { _mm256_storeu_si256(ptr.cast(), bf16x2_bits(lo.0, hi.0)) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16x2_stream(lo: Self, hi: Self, ptr: *mut u16) {
+        // SAFETY: as `store_bf16x2`; the caller guarantees `ptr` aligned to 32 bytes, as the
+        // streaming store needs.
+        unsafe { _mm256_stream_si256(ptr.cast(), bf16x2_bits(lo.0, hi.0)) }
+    }
+
+    #[inline(always)]
     unsafe fn store_f16(self, ptr: *mut u16) {
         // SAFETY: F16C is part of this backend's requirement (vcvtps2ph, round to nearest
         // even); 8 u16s are writable at `ptr`.
@@ -364,13 +389,39 @@ unsafe impl F32x for Avx2 {
 unsafe fn bf16_bits(x: __m256) -> __m128i {
     // SAFETY: the caller's guarantee; no memory access.
     unsafe {
+        let r = _mm256_srli_epi32::<16>(round_bf16(x));
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(r, r));
+        _mm256_castsi256_si128(packed)
+    }
+}
+
+/// Every lane of `x` rounded to `bf16` in the high half of its 32 bits (round to nearest even
+/// on the bits: add `0x7FFF` plus the kept lsb); NaN lanes are quietened instead (their
+/// rounding could carry into the exponent). The low halves are garbage.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline(always)]
+unsafe fn round_bf16(x: __m256) -> __m256i {
+    // SAFETY: the caller's guarantee; no memory access.
+    unsafe {
         let b = _mm256_castps_si256(x);
         let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
         let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
         let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
         let q = _mm256_or_si256(b, _mm256_set1_epi32(0x0040_0000));
-        let r = _mm256_srli_epi32::<16>(_mm256_blendv_epi8(r, q, nan));
-        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(r, r));
-        _mm256_castsi256_si128(packed)
+        _mm256_blendv_epi8(r, q, nan)
     }
+}
+
+/// Sixteen `bf16` (raw bits) in [`F32x::load_bf16x2`]'s order: element `2i` from lane `i` of
+/// `lo`, element `2i + 1` from lane `i` of `hi` (odd words from `hi`'s rounded words, even
+/// words from `lo`'s shifted down).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline(always)]
+unsafe fn bf16x2_bits(lo: __m256, hi: __m256) -> __m256i {
+    // SAFETY: the caller's guarantee; no memory access.
+    unsafe { _mm256_blend_epi16::<0xAA>(_mm256_srli_epi32::<16>(round_bf16(lo)), round_bf16(hi)) }
 }

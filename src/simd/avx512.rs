@@ -40,16 +40,51 @@ impl<const BF16: bool> Avx512<BF16> {
                     return std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(self.0));
                 }
             }
-            // Round to nearest even on the bits (add 0x7FFF plus the kept lsb, keep the high
-            // half); NaN lanes are quietened instead (their rounding could carry into the
-            // exponent).
-            let b = _mm512_castps_si512(self.0);
-            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-            let r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0);
-            let r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(b, _mm512_set1_epi32(0x0040_0000)));
-            _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(r))
+            _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(round_bf16(self.0)))
         }
+    }
+
+    /// Thirty-two `bf16` (raw bits) in [`F32x::load_bf16x2`]'s order: element `2i` from
+    /// lane `i` of `lo`, element `2i + 1` from lane `i` of `hi`, rounded as by `bf16_bits`.
+    ///
+    /// # Safety
+    /// As `bf16_bits`.
+    #[inline(always)]
+    unsafe fn bf16x2_bits(lo: Self, hi: Self) -> __m512i {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            if BF16 && (_mm512_fpclass_ps_mask::<0x20>(lo.0) | _mm512_fpclass_ps_mask::<0x20>(hi.0)) == 0 {
+                // Words 0..16 are `lo` rounded, 16..32 `hi` (same bits as the integer path,
+                // as in `bf16_bits`); one word permute interleaves them.
+                let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi.0, lo.0));
+                let idx = _mm512_set_epi16(
+                    31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+                    19, 3, 18, 2, 17, 1, 16, 0,
+                );
+                return _mm512_permutexvar_epi16(idx, both);
+            }
+            // Odd words (the high halves) from `hi`'s rounded words, even words from `lo`'s.
+            let lo_bits = _mm512_srli_epi32::<16>(round_bf16(lo.0));
+            _mm512_mask_blend_epi16(0xAAAA_AAAA, lo_bits, round_bf16(hi.0))
+        }
+    }
+}
+
+/// Every lane of `x` rounded to `bf16` in the high half of its 32 bits (round to nearest even
+/// on the bits: add `0x7FFF` plus the kept lsb); NaN lanes are quietened instead (their
+/// rounding could carry into the exponent). The low halves are garbage.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+unsafe fn round_bf16(x: __m512) -> __m512i {
+    // SAFETY: the caller's guarantee; no memory access.
+    unsafe {
+        let b = _mm512_castps_si512(x);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+        let r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(b, _mm512_set1_epi32(0x0040_0000)))
     }
 }
 
@@ -229,6 +264,32 @@ unsafe impl<const BF16: bool> F32x for Avx512<BF16> {
         // SAFETY: as `store_bf16`; the caller guarantees `ptr` aligned to 32 bytes, as the
         // streaming store needs.
         unsafe { _mm256_stream_si256(ptr.cast(), self.bf16_bits()) }
+    }
+
+    #[inline(always)]
+    unsafe fn load_bf16x2(ptr: *const u16) -> (Self, Self) {
+        // SAFETY: AVX-512F is available; 32 u16s (64 bytes) are readable at `ptr`. Element
+        // `2i` is the low half of 32-bit word `i`, element `2i + 1` its high half.
+        unsafe {
+            let x = _mm512_loadu_si512(ptr.cast());
+            let lo = _mm512_slli_epi32::<16>(x);
+            let hi = _mm512_and_si512(x, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+            (Avx512(_mm512_castsi512_ps(lo)), Avx512(_mm512_castsi512_ps(hi)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16x2(lo: Self, hi: Self, ptr: *mut u16) {
+        // SAFETY: AVX-512F/BW (and BF16 when `BF16`) are available; 32 u16s are writable at
+        // `ptr`.
+        unsafe { _mm512_storeu_si512(ptr.cast(), Self::bf16x2_bits(lo, hi)) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16x2_stream(lo: Self, hi: Self, ptr: *mut u16) {
+        // SAFETY: as `store_bf16x2`; the caller guarantees `ptr` aligned to 64 bytes, as the
+        // streaming store needs.
+        unsafe { _mm512_stream_si512(ptr.cast(), Self::bf16x2_bits(lo, hi)) }
     }
 
     #[inline(always)]

@@ -294,6 +294,31 @@ pub(crate) unsafe trait F32x: Copy {
         unsafe { Self::load(buf.as_ptr()) }
     }
 
+    /// Loads `2·LANES` consecutive `bf16` values (raw bits) widened to `f32`, in an
+    /// interleaved order that makes the widening one operation per vector: element `2i` goes
+    /// to lane `i` of the first vector, element `2i + 1` to lane `i` of the second. (Kernels
+    /// that only reduce over a row, or that write back through
+    /// [`store_bf16x2`](F32x::store_bf16x2), never see the order.)
+    ///
+    /// # Safety
+    /// The CPU requirement; `ptr` valid for reads of `2·LANES` `u16`s (aligned to 2 bytes).
+    unsafe fn load_bf16x2(ptr: *const u16) -> (Self, Self);
+
+    /// The inverse of [`load_bf16x2`](F32x::load_bf16x2): stores lane `i` of `lo` as element
+    /// `2i` and lane `i` of `hi` as element `2i + 1`, each rounded as by
+    /// [`store_bf16`](F32x::store_bf16).
+    ///
+    /// # Safety
+    /// The CPU requirement; `ptr` valid for writes of `2·LANES` `u16`s (aligned to 2 bytes).
+    unsafe fn store_bf16x2(lo: Self, hi: Self, ptr: *mut u16);
+
+    /// [`store_bf16x2`](F32x::store_bf16x2) as a non-temporal (streaming) store where the
+    /// backend has one; the same bits.
+    ///
+    /// # Safety
+    /// As `store_bf16x2`, and `ptr` must be aligned to `LANES · 4` bytes.
+    unsafe fn store_bf16x2_stream(lo: Self, hi: Self, ptr: *mut u16);
+
     /// Loads `LANES` consecutive IEEE binary16 values (raw bits) widened to `f32` (exact).
     ///
     /// # Safety

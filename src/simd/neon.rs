@@ -173,13 +173,37 @@ unsafe impl F32x for Neon {
         // SAFETY: NEON is available; 4 u16s are writable at `ptr`. Round to nearest even on
         // the bits; NaN lanes (where `v == v` is false) are quietened instead.
         unsafe {
-            let b = vreinterpretq_u32_f32(self.0);
-            let lsb = vandq_u32(vshrq_n_u32::<16>(b), vdupq_n_u32(1));
-            let r = vaddq_u32(vaddq_u32(b, vdupq_n_u32(0x7FFF)), lsb);
-            let q = vorrq_u32(b, vdupq_n_u32(0x0040_0000));
-            let r = vbslq_u32(vceqq_f32(self.0, self.0), r, q);
-            vst1_u16(ptr, vshrn_n_u32::<16>(r));
+            vst1_u16(ptr, vshrn_n_u32::<16>(round_bf16(self.0)));
         }
+    }
+
+    #[inline(always)]
+    unsafe fn load_bf16x2(ptr: *const u16) -> (Self, Self) {
+        // SAFETY: NEON is available; 8 u16s are readable at `ptr`. Element `2i` is the low
+        // half of 32-bit word `i` (little-endian), element `2i + 1` its high half.
+        unsafe {
+            let x = vreinterpretq_u32_u16(vld1q_u16(ptr));
+            let lo = vshlq_n_u32::<16>(x);
+            let hi = vandq_u32(x, vdupq_n_u32(0xFFFF_0000));
+            (Neon(vreinterpretq_f32_u32(lo)), Neon(vreinterpretq_f32_u32(hi)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16x2(lo: Self, hi: Self, ptr: *mut u16) {
+        // SAFETY: NEON is available; 8 u16s are writable at `ptr`. Shift-right-and-insert
+        // keeps `hi`'s rounded high halves and puts `lo`'s below them.
+        unsafe {
+            let w = vsriq_n_u32::<16>(round_bf16(hi.0), round_bf16(lo.0));
+            vst1q_u16(ptr, vreinterpretq_u16_u32(w));
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16x2_stream(lo: Self, hi: Self, ptr: *mut u16) {
+        // SAFETY: the caller's guarantees include those of `store_bf16x2` (NEON has no
+        // streaming store here).
+        unsafe { Self::store_bf16x2(lo, hi, ptr) }
     }
 
     #[inline(always)]
@@ -208,5 +232,23 @@ unsafe impl F32x for Neon {
             let under = vcltq_f32(x, vdupq_n_f32(EXP_X_MIN));
             Neon(vbslq_f32(under, vdupq_n_f32(0.0), y))
         }
+    }
+}
+
+/// Every lane of `x` rounded to `bf16` in the high half of its 32 bits (round to nearest even
+/// on the bits: add `0x7FFF` plus the kept lsb); NaN lanes (where `x == x` is false) are
+/// quietened instead. The low halves are garbage.
+///
+/// # Safety
+/// The CPU has NEON.
+#[inline(always)]
+unsafe fn round_bf16(x: float32x4_t) -> uint32x4_t {
+    // SAFETY: the caller's guarantee; no memory access.
+    unsafe {
+        let b = vreinterpretq_u32_f32(x);
+        let lsb = vandq_u32(vshrq_n_u32::<16>(b), vdupq_n_u32(1));
+        let r = vaddq_u32(vaddq_u32(b, vdupq_n_u32(0x7FFF)), lsb);
+        let q = vorrq_u32(b, vdupq_n_u32(0x0040_0000));
+        vbslq_u32(vceqq_f32(x, x), r, q)
     }
 }

@@ -45,6 +45,31 @@ unsafe impl F32x for S1 {
     }
 
     #[inline(always)]
+    unsafe fn load_bf16x2(ptr: *const u16) -> (Self, Self) {
+        // SAFETY: the caller guarantees two readable u16s at `ptr`.
+        let (a, b) = unsafe { (ptr.read(), ptr.add(1).read()) };
+        (
+            S1(f32::from_bits((a as u32) << 16)),
+            S1(f32::from_bits((b as u32) << 16)),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16x2(lo: Self, hi: Self, ptr: *mut u16) {
+        // SAFETY: the caller guarantees two writable u16s at `ptr`.
+        unsafe {
+            ptr.write(half::bf16::from_f32(lo.0).to_bits());
+            ptr.add(1).write(half::bf16::from_f32(hi.0).to_bits());
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bf16x2_stream(lo: Self, hi: Self, ptr: *mut u16) {
+        // SAFETY: the caller's guarantees are those of `store_bf16x2`.
+        unsafe { Self::store_bf16x2(lo, hi, ptr) }
+    }
+
+    #[inline(always)]
     unsafe fn load_partial(ptr: *const f32, n: usize, fill: f32) -> Self {
         debug_assert!(n <= Self::LANES);
         if n == 0 {

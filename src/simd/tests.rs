@@ -995,36 +995,7 @@ impl Body for HalfIo {
                 );
             }
         }
-        let mut vals: Vec<f32> = (0..1u64 << 32)
-            .step_by(4099)
-            .map(|b| f32::from_bits(b as u32))
-            .collect();
-        // Exact ties and their neighbours for both formats, and the specials.
-        for k in [
-            0x3f80_8000u32,
-            0x3f81_8000,
-            0x3f80_1000,
-            0x3f80_3000,
-            0x477f_f000,
-            0x4780_0000,
-        ] {
-            vals.extend([k - 1, k, k + 1].map(f32::from_bits));
-        }
-        vals.extend([
-            f32::NAN,
-            -f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            -0.0,
-            0.0,
-            1e-40,
-            65520.0,
-            65519.0,
-        ]);
-        vals.extend([f32::from_bits(0x7f80_0001), f32::from_bits(0xffff_ffff)]);
-        while !vals.len().is_multiple_of(l) {
-            vals.push(1.0);
-        }
+        let vals = store_probes(l);
         let mut out = vec![0u16; l];
         // Streaming stores need `LANES · 2`-byte alignment.
         #[repr(align(64))]
@@ -1076,6 +1047,114 @@ fn half_loads_and_stores_every_backend() {
     for b in Backend::available() {
         b.run(HalfIo);
     }
+}
+
+/// The paired `bf16` loads and stores: `load_bf16x2` puts element `2i` in lane `i` of the
+/// first vector and element `2i + 1` in lane `i` of the second, exactly widened, for every
+/// bit pattern; `store_bf16x2` (and its streaming form) is its inverse with `store_bf16`'s
+/// rounding, on the probe values paired so that both the conversion-instruction path and
+/// its subnormal fallback are taken.
+struct HalfPairIo;
+
+impl Body for HalfPairIo {
+    type Out = ();
+    #[inline(always)]
+    unsafe fn run<V: F32x>(self) {
+        let l = V::LANES;
+        let (mut lo, mut hi) = (vec![0.0f32; l], vec![0.0f32; l]);
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for start in (0..=u16::MAX as usize).step_by(2 * l) {
+            let bits: Vec<u16> = (start..start + 2 * l).map(|b| b as u16).collect();
+            // SAFETY: V is available (caller's contract); `bits` holds `2l` u16s, `lo` and
+            // `hi` `l` f32s each.
+            unsafe {
+                let (a, b) = V::load_bf16x2(bits.as_ptr());
+                a.store(lo.as_mut_ptr());
+                b.store(hi.as_mut_ptr());
+            }
+            for (j, &b) in bits.iter().enumerate() {
+                let g = if j % 2 == 0 { lo[j / 2] } else { hi[j / 2] };
+                assert!(
+                    same(g, half::bf16::from_bits(b).to_f32()),
+                    "load_bf16x2 {b:#06x}: {g}"
+                );
+            }
+        }
+        let mut vals = store_probes(2 * l);
+        // A pair with one subnormal in the second vector only, and one without any.
+        vals.extend((0..2 * l).map(|j| if j == 2 * l - 1 { 1e-40 } else { 1.5 + j as f32 }));
+        vals.extend((0..2 * l).map(|j| -3.0e-3 * (j as f32 + 0.25)));
+        let mut out = vec![0u16; 2 * l];
+        #[repr(align(64))]
+        struct Aligned([u16; 32]);
+        let mut streamed = Aligned([0; 32]);
+        for chunk in vals.chunks(2 * l) {
+            let even: Vec<f32> = chunk.iter().step_by(2).copied().collect();
+            let odd: Vec<f32> = chunk.iter().skip(1).step_by(2).copied().collect();
+            // SAFETY: `even` and `odd` hold `l` f32s, `out` `2l` u16s; `streamed` holds
+            // 32 >= 2l u16s aligned to 64 bytes.
+            unsafe {
+                let (a, b) = (V::load(even.as_ptr()), V::load(odd.as_ptr()));
+                V::store_bf16x2(a, b, out.as_mut_ptr());
+                V::store_bf16x2_stream(a, b, streamed.0.as_mut_ptr());
+                V::stream_fence();
+            }
+            assert_eq!(out, streamed.0[..2 * l], "store_bf16x2_stream of {chunk:?}");
+            for (&x, &o) in chunk.iter().zip(&out) {
+                let want = half::bf16::from_f32(x);
+                assert!(
+                    o == want.to_bits() || (want.is_nan() && half::bf16::from_bits(o).is_nan()),
+                    "store_bf16x2 {x:e} ({:#010x}): {o:#06x} vs {:#06x}",
+                    x.to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn paired_bf16_loads_and_stores_every_backend() {
+    for b in Backend::available() {
+        b.run(HalfPairIo);
+    }
+}
+
+/// `f32` values that probe a rounding store: a sweep of bit patterns (ties, subnormals,
+/// overflow), exact ties and their neighbours for both half formats, and the specials;
+/// padded with ones to a multiple of `l`.
+fn store_probes(l: usize) -> Vec<f32> {
+    let mut vals: Vec<f32> = (0..1u64 << 32)
+        .step_by(4099)
+        .map(|b| f32::from_bits(b as u32))
+        .collect();
+    // Exact ties and their neighbours for both formats, and the specials.
+    for k in [
+        0x3f80_8000u32,
+        0x3f81_8000,
+        0x3f80_1000,
+        0x3f80_3000,
+        0x477f_f000,
+        0x4780_0000,
+    ] {
+        vals.extend([k - 1, k, k + 1].map(f32::from_bits));
+    }
+    vals.extend([
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        0.0,
+        1e-40,
+        65520.0,
+        65519.0,
+    ]);
+    vals.extend([f32::from_bits(0x7f80_0001), f32::from_bits(0xffff_ffff)]);
+    while !vals.len().is_multiple_of(l) {
+        vals.push(1.0);
+    }
+    vals
 }
 
 /// The usage pattern shown in the `simd` module docs, verbatim, so that it is known to
