@@ -81,11 +81,33 @@ pub(crate) struct CeProblem<'a, E = f32> {
 #[derive(Clone, Copy)]
 struct Temp {
     inv_t: f32,
+    /// `inv_t == 1`. The blocks are instantiated once with a literal `true` and once with
+    /// `false` (see [`ce_block_generic`]), so that the test folds away inside the loops.
+    unit: bool,
 }
 
 impl Temp {
     fn new(t: f32) -> Temp {
-        Temp { inv_t: 1.0 / t }
+        let inv_t = 1.0 / t;
+        Temp {
+            inv_t,
+            unit: inv_t == 1.0,
+        }
+    }
+
+    /// `t = 1`, with `unit` a literal.
+    const UNIT: Temp = Temp {
+        inv_t: 1.0,
+        unit: true,
+    };
+
+    /// This temperature with `unit` a literal `false` (`inv_t != 1`).
+    #[inline(always)]
+    fn scaled(self) -> Temp {
+        Temp {
+            inv_t: self.inv_t,
+            unit: false,
+        }
     }
 
     #[inline(always)]
@@ -100,7 +122,7 @@ impl Temp {
         // SAFETY: the caller guarantees V's CPU features.
         // `z · 1 = z` exactly: skip the multiply at the default temperature.
         unsafe {
-            if self.inv_t == 1.0 {
+            if self.unit {
                 z
             } else {
                 z.mul(V::splat(self.inv_t))
@@ -781,9 +803,9 @@ unsafe fn dense_block<V: F32x, E: KElem>(
     (grad, g_stride): (Option<&mut [E]>, usize),
     mut row_losses: Option<&mut [f32]>,
     (e0, e1): (&mut [f32], &mut [f32]),
+    tp: Temp,
 ) -> f64 {
     let c = p.c;
-    let tp = Temp::new(p.t);
     let check = p.check.is_some();
     let gp = grad.map(|g| g.as_mut_ptr());
     let (mut e_cur, mut e_prev) = (e0, e1);
@@ -919,9 +941,9 @@ unsafe fn structured_block<V: F32x, E: KElem>(
     (grad, g_stride): (Option<&mut [E]>, usize),
     mut row_losses: Option<&mut [f32]>,
     (e0, e1, d): (&mut [f32], &mut [f32], &mut [f32]),
+    tp: Temp,
 ) -> f64 {
     let c = p.c;
-    let tp = Temp::new(p.t);
     let gp = grad.map(|g| g.as_mut_ptr());
     let (mut e_cur, mut e_prev) = (e0, e1);
     // The row whose gradient is still to write: (block row, its entries, c1, c2, k).
@@ -1030,6 +1052,7 @@ unsafe fn ce_block_generic<V: F32x, E: KElem>(
     blk: Block<'_, E>,
 ) -> f64 {
     let c = p.c;
+    let tp = Temp::new(p.t);
     let mut scratch = super::take_scratch(3 * c);
     let (e, rest) = scratch[..3 * c].split_at_mut(c);
     let (e2, d) = rest.split_at_mut(c);
@@ -1040,8 +1063,14 @@ unsafe fn ce_block_generic<V: F32x, E: KElem>(
     } = blk;
     if let CeTargets::Dense { a, stride } = p.targets {
         // SAFETY: V's CPU requirement is the caller's; `e` and `e2` hold C floats each.
-        let total =
-            unsafe { dense_block::<V, E>(p, (a, stride), rows, (grad, g_stride), row_losses, (e, e2)) };
+        let g = (grad, g_stride);
+        let total = unsafe {
+            if tp.unit {
+                dense_block::<V, E>(p, (a, stride), rows, g, row_losses, (e, e2), Temp::UNIT)
+            } else {
+                dense_block::<V, E>(p, (a, stride), rows, g, row_losses, (e, e2), tp.scaled())
+            }
+        };
         if p.stream {
             // SAFETY: V's CPU requirement is the caller's.
             unsafe { V::stream_fence() };
@@ -1053,8 +1082,14 @@ unsafe fn ce_block_generic<V: F32x, E: KElem>(
         unreachable!("dense targets returned above")
     };
     // SAFETY: V's CPU requirement is the caller's; `e`, `e2` and `d` hold C floats each.
-    let total =
-        unsafe { structured_block::<V, E>(p, (s, ignore), rows, (grad, g_stride), row_losses, (e, e2, d)) };
+    let g = (grad, g_stride);
+    let total = unsafe {
+        if tp.unit {
+            structured_block::<V, E>(p, (s, ignore), rows, g, row_losses, (e, e2, d), Temp::UNIT)
+        } else {
+            structured_block::<V, E>(p, (s, ignore), rows, g, row_losses, (e, e2, d), tp.scaled())
+        }
+    };
     if p.stream {
         // SAFETY: V's CPU requirement is the caller's.
         unsafe { V::stream_fence() };
