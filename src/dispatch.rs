@@ -598,6 +598,9 @@ fn run_ce<T: Element>(
     }
 }
 
+/// The fewest rows an `f32` cross-entropy block holds (see [`ce_on`]).
+const PIPELINE_ROWS: usize = 16;
+
 /// [`run_ce`] with `E` the caller's element type `T`.
 fn ce_on<T: Element, E: KElem>(
     isa: Isa,
@@ -629,7 +632,13 @@ fn ce_on<T: Element, E: KElem>(
     };
     let grad = elem_rows::<T, E>(outputs.grad_logits);
     let g_stride = grad.as_ref().map_or(0, |g| g.1);
-    let total = for_row_blocks(n, c, grad, outputs.row_losses, |blk| {
+    // f32 rows are pipelined in blocks of at least PIPELINE_ROWS rows (the gradient sweep of
+    // one row runs inside the next row's exp sweep). Measured at 4096 × 32000 (2 threads),
+    // that is 10-25 % faster than one row per block for f32, dense or structured, whose rows
+    // wait on memory; the half-precision rows are bound by their conversions instead, and
+    // there the fused loop is slower (f16 by ~15 %, in cache too; bf16 even).
+    let min_rows = if E::IS_F32 { PIPELINE_ROWS } else { 1 };
+    let total = for_row_blocks((n, c, min_rows), grad, outputs.row_losses, |blk| {
         ce_block(isa, &p, g_stride, blk)
     });
     reduced(reduction, total, count)

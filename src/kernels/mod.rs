@@ -120,9 +120,10 @@ pub(crate) struct Block<'a, E = f32> {
 
 /// Runs `body` over blocks of rows (in parallel for large problems) and returns the sum of
 /// the partial results in block order. `grad` is `(data, stride)` of an `n`-row gradient.
+/// Blocks hold [`BLOCK_ELEMS`] logits, but at least `min_rows` rows while that still leaves
+/// every thread four blocks (the cross-entropy kernels pipeline consecutive rows of a block).
 pub(crate) fn for_row_blocks<E: Send, F>(
-    n: usize,
-    c: usize,
+    (n, c, min_rows): (usize, usize, usize),
     grad: Option<(&mut [E], usize)>,
     row_losses: Option<&mut [f32]>,
     body: F,
@@ -130,7 +131,8 @@ pub(crate) fn for_row_blocks<E: Send, F>(
 where
     F: Fn(Block<'_, E>) -> f64 + Sync,
 {
-    let rows_per_block = (BLOCK_ELEMS / c.max(1)).clamp(1, n.max(1));
+    let lift = min_rows.min(n / (4 * rayon::current_num_threads())).max(1);
+    let rows_per_block = (BLOCK_ELEMS / c.max(1)).max(lift).clamp(1, n.max(1));
     let nblocks = n.div_ceil(rows_per_block);
     let mut blocks: Vec<Block<'_, E>> = (0..nblocks)
         .map(|b| Block {
