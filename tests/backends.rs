@@ -439,6 +439,121 @@ fn streaming_gradient_matches_reference() {
     }
 }
 
+/// A NaN logit anywhere in a row (first, in the middle, last, in the vector tail, among
+/// `−∞` only, alone) makes that row's loss and gradient NaN and leaves its neighbours alone,
+/// in pipelined blocks (soft CE dense and MixUp, hard CE; f32 against the reference, and
+/// `bf16` / `f16` by the NaN pattern) on every backend. The kernels' max sweep does not
+/// propagate NaN (`F32x::max`); the sum of exponentials and a `−∞` rescan catch it instead.
+#[test]
+fn nan_anywhere_in_a_row_makes_that_row_nan() {
+    let (n, c, stride) = (12usize, 1037usize, 1040usize);
+    let mut next = common::uniform(23);
+    let mut z: Vec<f32> = (0..n * stride).map(|_| 8.0 * next() - 4.0).collect();
+    let nan_rows = [1usize, 3, 4, 5, 6, 9, 10];
+    z[stride] = f32::NAN; // row 1: first
+    z[3 * stride + c - 1] = f32::NAN; // row 3: last (in the tail)
+    z[4 * stride + c / 2] = f32::NAN; // row 4: middle
+    z[5 * stride..5 * stride + c].fill(f32::NEG_INFINITY); // row 5: NaN among −∞
+    z[5 * stride + 700] = f32::NAN;
+    z[6 * stride..6 * stride + c].fill(f32::NAN); // row 6: all NaN
+    z[8 * stride..8 * stride + c].fill(f32::NEG_INFINITY); // row 8: no finite logit
+    z[9 * stride + 33] = f32::NAN; // row 9: NaN before the maximum
+    z[9 * stride + 900] = 80.0;
+    z[10 * stride + c - 17] = f32::NAN; // row 10: NaN next to a large logit
+    z[10 * stride + c - 16] = 80.0;
+    let a: Vec<f32> = (0..n * c).map(|_| next()).collect();
+    let labels: Vec<u32> = (0..n).map(|i| (i * 331 % c) as u32).collect();
+    let partner: Vec<u32> = (0..n).map(|i| (i * 577 % c) as u32).collect();
+    let zm = MatRef::with_stride(&z, n, c, stride).unwrap();
+    let req = Request::loss_and_grad();
+    let soft = SoftCrossEntropy::new().reduction(Reduction::Sum);
+    let hard = HardCrossEntropy::new().smoothing(0.1).reduction(Reduction::Sum);
+    let dense = Targets::Dense(MatRef::new(&a, n, c).unwrap());
+    let mixed = Targets::mixed(&labels, &partner, RowParam::Batch(0.3), 0.1);
+    fn pattern<T: softnce::Element>(
+        what: &str,
+        rows: &[f32],
+        g: &[T],
+        (c, stride): (usize, usize),
+        nan_rows: &[usize],
+    ) {
+        for (i, l) in rows.iter().enumerate() {
+            let want = nan_rows.contains(&i);
+            assert_eq!(l.is_nan(), want, "{what}: row {i} loss {l}");
+            let row = &g[i * stride..i * stride + c];
+            assert!(
+                row.iter().all(|v| v.to_f32().is_nan() == want),
+                "{what}: row {i} gradient"
+            );
+        }
+    }
+    for backend in available_backends() {
+        let (soft, hard) = (soft.backend(Some(backend)), hard.backend(Some(backend)));
+        for (form, t) in [("dense", &dense), ("mixed", &mixed)] {
+            let r = reference::soft_cross_entropy(&soft, zm, t, &req).unwrap();
+            let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
+            let out = Outputs::new()
+                .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+                .row_losses(&mut rows);
+            let loss = soft.compute(zm, t, out).unwrap();
+            let what = format!("soft-ce/{form} {backend}");
+            compare(&what, loss, &rows, &g, stride, c, &r, 0.0);
+            pattern(&what, &rows, &g, (c, stride), &nan_rows);
+        }
+        let r = reference::hard_cross_entropy(&hard, zm, &labels, &req).unwrap();
+        let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
+        let out = Outputs::new()
+            .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+            .row_losses(&mut rows);
+        let loss = hard.compute(zm, &labels, out).unwrap();
+        compare(&format!("hard-ce {backend}"), loss, &rows, &g, stride, c, &r, 0.0);
+        pattern(&format!("hard-ce {backend}"), &rows, &g, (c, stride), &nan_rows);
+        fn half<T: softnce::Element>(
+            backend: Backend,
+            (z, a, labels): (&[f32], &[f32], &[u32]),
+            (n, c, stride): (usize, usize, usize),
+            nan_rows: &[usize],
+        ) {
+            let zh: Vec<T> = z.iter().map(|&v| T::from_f32(v)).collect();
+            let ah: Vec<T> = a.iter().map(|&v| T::from_f32(v)).collect();
+            let zm = MatRef::with_stride(&zh, n, c, stride).unwrap();
+            let soft = SoftCrossEntropy::new()
+                .reduction(Reduction::Sum)
+                .backend(Some(backend));
+            let (mut g, mut rows) = (vec![T::from_f32(7.0); n * stride], vec![0.0f32; n]);
+            let out = Outputs::new()
+                .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+                .row_losses(&mut rows);
+            soft.compute(zm, &Targets::Dense(MatRef::new(&ah, n, c).unwrap()), out)
+                .unwrap();
+            pattern(
+                &format!("soft-ce/dense half {backend}"),
+                &rows,
+                &g,
+                (c, stride),
+                nan_rows,
+            );
+            let hard = HardCrossEntropy::new()
+                .reduction(Reduction::Sum)
+                .backend(Some(backend));
+            let (mut g, mut rows) = (vec![T::from_f32(7.0); n * stride], vec![0.0f32; n]);
+            let out = Outputs::new()
+                .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+                .row_losses(&mut rows);
+            hard.compute(zm, labels, out).unwrap();
+            pattern(
+                &format!("hard-ce half {backend}"),
+                &rows,
+                &g,
+                (c, stride),
+                nan_rows,
+            );
+        }
+        half::<softnce::bf16>(backend, (&z, &a, &labels), (n, c, stride), &nan_rows);
+        half::<softnce::f16>(backend, (&z, &a, &labels), (n, c, stride), &nan_rows);
+    }
+}
+
 /// Streamed `bf16` and `f16` gradients (large enough for non-temporal stores, every row at a
 /// different alignment) are the `f32` kernel's gradient on the same (rounded) inputs,
 /// rounded, and the padding between rows stays untouched. The `f16` kernels do the same

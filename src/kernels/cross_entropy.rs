@@ -137,10 +137,15 @@ pub(crate) fn kernel_temperature_ok(t: f32) -> bool {
     (1.0 / t).is_finite()
 }
 
-/// Sweep 1: the NaN-propagating maximum of the raw logits `z` over the row (the maximum of
-/// `u = z/t` is `max(z)/t`; the kernels only ever scale differences `z − max z`, so finite
-/// logits whose `z/t` would overflow f32 stay finite). The first `z.len()` elements of
-/// `next` are prefetched, one vector's worth per vector read (see [`dense_block`]).
+/// Sweep 1: the maximum of the raw logits `z` over the row (the maximum of `u = z/t` is
+/// `max(z)/t`; the kernels only ever scale differences `z − max z`, so finite logits whose
+/// `z/t` would overflow f32 stay finite). The first `z.len()` elements of `next` are
+/// prefetched, one vector's worth per vector read (see [`dense_block`]).
+///
+/// Exact for a row without NaN. A row with NaN may give NaN, `−∞` or a value below the
+/// maximum of its other logits ([`F32x::max`] leaves NaN unspecified, which saves two
+/// operations per vector): the callers find NaN rows through the sum of exponentials, which
+/// a NaN logit makes NaN whatever `m` is, and through [`has_nan`] when `m = −∞`.
 ///
 /// # Safety
 /// `V`'s CPU requirement.
@@ -177,20 +182,40 @@ unsafe fn row_max<V: F32x, E: KElem>(z: &[E], next: &[E]) -> f32 {
                     E::load::<V>(p.add(i + 3 * l)),
                 )
             };
-            m0 = m0.max_nan(x0);
-            m1 = m1.max_nan(x1);
-            m2 = m2.max_nan(x2);
-            m3 = m3.max_nan(x3);
+            m0 = m0.max(x0);
+            m1 = m1.max(x1);
+            m2 = m2.max(x2);
+            m3 = m3.max(x3);
             i += 4 * l;
         }
         while i + l <= n {
-            m0 = m0.max_nan(E::load::<V>(p.add(i)));
+            m0 = m0.max(E::load::<V>(p.add(i)));
             i += l;
         }
         if i < n {
-            m1 = m1.max_nan(E::load_partial::<V>(p.add(i), n - i, f32::NEG_INFINITY));
+            m1 = m1.max(E::load_partial::<V>(p.add(i), n - i, f32::NEG_INFINITY));
         }
-        m0.max_nan(m1).max_nan(m2.max_nan(m3)).hmax()
+        m0.max(m1).max(m2.max(m3)).hmax()
+    }
+}
+
+/// Whether the row holds a NaN (for rows whose [`row_max`] is `−∞`).
+///
+/// # Safety
+/// `V`'s CPU requirement.
+#[inline(always)]
+unsafe fn has_nan<V: F32x, E: KElem>(z: &[E]) -> bool {
+    let (n, l, p) = (z.len(), V::LANES, z.as_ptr());
+    // SAFETY: full vectors below `n`, then one partial vector of `n − i < l` elements.
+    unsafe {
+        let mut i = 0;
+        while i + l <= n {
+            if E::load::<V>(p.add(i)).is_nan_any() {
+                return true;
+            }
+            i += l;
+        }
+        i < n && E::load_partial::<V>(p.add(i), n - i, 0.0).is_nan_any()
     }
 }
 
@@ -340,14 +365,14 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
         // A NaN weight makes `mass` NaN whatever `min` does with it; `−hmax(−lo)` is the
         // smallest lane.
         let ok = mass.is_finite() && V::zero().sub(lo).hmax() <= 0.0;
-        let mut t_sum = -tt.hsum();
-        if t_sum.is_nan() {
+        let (s, mut t_sum) = (s.hsum(), -tt.hsum());
+        if t_sum.is_nan() && !s.is_nan() {
             // The row has a masked (−∞) logit where some target weight is 0. The row holds no
-            // NaN (m is finite) and the weights are finite, so only 0·(−∞) made the NaN:
+            // NaN (S is not NaN) and the weights are finite, so only 0·(−∞) made the NaN:
             // recompute T with the convention 0·(−∞) = 0 (a rare, slower path).
             t_sum = -masked_dot::<V, E>(z, a, vm, tp);
         }
-        (s.hsum(), mass, t_sum, ok)
+        (s, mass, t_sum, ok)
     }
 }
 
@@ -842,11 +867,19 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                 let h = gp.map_or(0, |g| pair_origin::<V, E>(g.add(r * g_stride), c));
                 let (s, mass, tt, ok) = dense_stats::<V, E>(z, ai, m, tp, e_cur, h, next_a, prev);
                 suspect |= !ok;
-                if gp.is_some() {
-                    pending = Some((r, i, k * mass / s, -k));
-                    std::mem::swap(&mut e_cur, &mut e_prev);
+                if s.is_nan() {
+                    // A NaN logit (see `row_max`).
+                    if let Some(g) = grow(r) {
+                        g.fill(E::from_f32(f32::NAN));
+                    }
+                    f32::NAN
+                } else {
+                    if gp.is_some() {
+                        pending = Some((r, i, k * mass / s, -k));
+                        std::mem::swap(&mut e_cur, &mut e_prev);
+                    }
+                    mass * s.ln() + tt
                 }
-                mass * s.ln() + tt
             } else {
                 // A special row: finish the pending one first (it owns `e_prev`).
                 if let Some((pr, pi, c1, c2)) = pending.take() {
@@ -855,7 +888,7 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                 }
                 let (mass, ok) = row_sum::<V, E>(ai);
                 suspect |= check && !ok;
-                if m == f32::NEG_INFINITY {
+                if m == f32::NEG_INFINITY && !has_nan::<V, E>(z) {
                     if let Some(g) = grow(r) {
                         // Probabilities are all zero: g = −k·a.
                         e_cur.fill(0.0);
@@ -990,15 +1023,23 @@ unsafe fn structured_block<V: F32x, E: KElem>(
                     let g = grow(pr).expect("pending rows have a gradient");
                     fix_explicit::<V, E>(g, e_prev, pe, (c1, c2, pk), d);
                 }
-                let mut loss = mass * sum.ln() + if floor > 0.0 { floor * rr } else { 0.0 };
-                for (cls, w) in entries.iter() {
-                    loss += mul0(w, tp.scalar(m - z[cls as usize].to_f32()));
+                if sum.is_nan() {
+                    // A NaN logit (see `row_max`).
+                    if let Some(g) = grow(r) {
+                        g.fill(E::from_f32(f32::NAN));
+                    }
+                    f32::NAN
+                } else {
+                    let mut loss = mass * sum.ln() + if floor > 0.0 { floor * rr } else { 0.0 };
+                    for (cls, w) in entries.iter() {
+                        loss += mul0(w, tp.scalar(m - z[cls as usize].to_f32()));
+                    }
+                    if gp.is_some() {
+                        pending = Some((r, entries, k * mass / sum, -k * floor, k));
+                        std::mem::swap(&mut e_cur, &mut e_prev);
+                    }
+                    loss
                 }
-                if gp.is_some() {
-                    pending = Some((r, entries, k * mass / sum, -k * floor, k));
-                    std::mem::swap(&mut e_cur, &mut e_prev);
-                }
-                loss
             } else {
                 // A special row: finish the pending one first (it owns `e_prev`).
                 if let Some((pr, pe, c1, c2, pk)) = pending.take() {
@@ -1006,7 +1047,7 @@ unsafe fn structured_block<V: F32x, E: KElem>(
                     write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
                     fix_explicit::<V, E>(g, e_prev, pe, (c1, c2, pk), d);
                 }
-                if m == f32::NEG_INFINITY {
+                if m == f32::NEG_INFINITY && !has_nan::<V, E>(z) {
                     if let Some(g) = grow(r) {
                         // Probabilities are all zero: g = −k·floor, explicit classes −k·(floor + w).
                         e_cur.fill(0.0);
