@@ -18,15 +18,18 @@ pub(crate) unsafe trait KElem: Element {
     /// Whether the kernels' main loops read and write this type two vectors at a time, in
     /// [`load2`](KElem::load2)'s interleaved order (`bf16`, whose widening is then one
     /// operation per vector instead of two).
-    const PAIRED: bool;
+    const PAIRED: bool = false;
 
     /// `2·LANES` elements at `p`, widened, in the order of [`F32x::load_bf16x2`] (element
     /// `2i` in lane `i` of the first vector, `2i + 1` in lane `i` of the second). Only
-    /// called when [`PAIRED`](KElem::PAIRED).
+    /// called when [`PAIRED`](KElem::PAIRED) (unpaired types keep this unreachable body).
     ///
     /// # Safety
     /// `V`'s CPU requirement; `p` valid for reads of `2·LANES` elements.
-    unsafe fn load2<V: F32x>(p: *const Self) -> (V, V);
+    #[inline(always)]
+    unsafe fn load2<V: F32x>(_p: *const Self) -> (V, V) {
+        unreachable!("only paired types are read in pairs")
+    }
 
     /// The inverse of [`load2`](KElem::load2), rounding as [`store`](KElem::store); with
     /// `stream`, a non-temporal store (`p` then aligned to `2·LANES · size_of::<Self>()`
@@ -34,7 +37,10 @@ pub(crate) unsafe trait KElem: Element {
     ///
     /// # Safety
     /// `V`'s CPU requirement; `p` valid for writes of `2·LANES` elements.
-    unsafe fn store2<V: F32x>(lo: V, hi: V, p: *mut Self, stream: bool);
+    #[inline(always)]
+    unsafe fn store2<V: F32x>(_lo: V, _hi: V, _p: *mut Self, _stream: bool) {
+        unreachable!("only paired types are written in pairs")
+    }
 
     /// `LANES` elements at `p`, widened.
     ///
@@ -106,15 +112,6 @@ pub(crate) unsafe trait KElem: Element {
 // SAFETY: plain LANES-wide (partial: n-wide) f32 loads and stores.
 unsafe impl KElem for f32 {
     const IS_F32: bool = true;
-    const PAIRED: bool = false;
-    #[inline(always)]
-    unsafe fn load2<V: F32x>(_: *const Self) -> (V, V) {
-        unreachable!("only paired types are read in pairs")
-    }
-    #[inline(always)]
-    unsafe fn store2<V: F32x>(_: V, _: V, _: *mut Self, _: bool) {
-        unreachable!("only paired types are written in pairs")
-    }
     #[inline(always)]
     unsafe fn load<V: F32x>(p: *const f32) -> V {
         // SAFETY: the caller's guarantees.
@@ -183,15 +180,6 @@ unsafe impl KElem for bf16 {
 // SAFETY: `f16` is `repr(transparent)` over its `u16` bits; LANES u16s are accessed.
 unsafe impl KElem for f16 {
     const IS_F32: bool = false;
-    const PAIRED: bool = false;
-    #[inline(always)]
-    unsafe fn load2<V: F32x>(_: *const Self) -> (V, V) {
-        unreachable!("only paired types are read in pairs")
-    }
-    #[inline(always)]
-    unsafe fn store2<V: F32x>(_: V, _: V, _: *mut Self, _: bool) {
-        unreachable!("only paired types are written in pairs")
-    }
     #[inline(always)]
     unsafe fn load<V: F32x>(p: *const f16) -> V {
         // SAFETY: the caller's guarantees; f16 has the layout of u16.

@@ -107,6 +107,9 @@ pub(crate) use stamp;
 
 /// Logit elements per row block (a block is the unit of parallel work).
 const BLOCK_ELEMS: usize = 1 << 15;
+/// Raising blocks to `min_rows` rows (see [`for_row_blocks`]) stops short of leaving fewer
+/// blocks than this, so that machines with many cores still get work for each.
+const MIN_LIFTED_BLOCKS: usize = 64;
 /// Below this many logit elements a call stays on the calling thread.
 const PARALLEL_MIN_ELEMS: usize = 1 << 17;
 
@@ -121,7 +124,8 @@ pub(crate) struct Block<'a, E = f32> {
 /// Runs `body` over blocks of rows (in parallel for large problems) and returns the sum of
 /// the partial results in block order. `grad` is `(data, stride)` of an `n`-row gradient.
 /// Blocks hold [`BLOCK_ELEMS`] logits, but at least `min_rows` rows while that still leaves
-/// every thread four blocks (the cross-entropy kernels pipeline consecutive rows of a block).
+/// [`MIN_LIFTED_BLOCKS`] blocks (the cross-entropy kernels pipeline consecutive rows of a
+/// block). The size depends on the shape only, never on the thread count.
 pub(crate) fn for_row_blocks<E: Send, F>(
     (n, c, min_rows): (usize, usize, usize),
     grad: Option<(&mut [E], usize)>,
@@ -131,7 +135,7 @@ pub(crate) fn for_row_blocks<E: Send, F>(
 where
     F: Fn(Block<'_, E>) -> f64 + Sync,
 {
-    let lift = min_rows.min(n / (4 * rayon::current_num_threads())).max(1);
+    let lift = min_rows.min(n / MIN_LIFTED_BLOCKS).max(1);
     let rows_per_block = (BLOCK_ELEMS / c.max(1)).max(lift).clamp(1, n.max(1));
     let nblocks = n.div_ceil(rows_per_block);
     let mut blocks: Vec<Block<'_, E>> = (0..nblocks)
