@@ -142,9 +142,11 @@ pub fn default_backend() -> Result<Backend> {
         .clone()
 }
 
-/// A backend this CPU is known to support: the proof the kernels' entry points need.
+/// A backend this CPU is known to support: the proof the kernels' entry points need. With
+/// [`Backend::Avx512`] it also records whether the CPU has AVX-512 BF16 (probed once per
+/// call, not per block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Isa(Backend);
+pub(crate) struct Isa(Backend, bool);
 
 impl Isa {
     /// The backend for a call: the forced one, or the process default.
@@ -154,7 +156,11 @@ impl Isa {
             None => default_backend()?,
         };
         if b.is_available() {
-            Ok(Isa(b))
+            #[cfg(target_arch = "x86_64")]
+            let bf16 = b == Backend::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16");
+            #[cfg(not(target_arch = "x86_64"))]
+            let bf16 = false;
+            Ok(Isa(b, bf16))
         } else {
             Err(Error::BackendUnavailable(b))
         }
@@ -163,6 +169,11 @@ impl Isa {
     /// The backend.
     pub(crate) fn backend(self) -> Backend {
         self.0
+    }
+
+    /// Whether the backend is AVX-512 on a CPU that also has AVX-512 BF16.
+    pub(crate) fn avx512_bf16(self) -> bool {
+        self.1
     }
 }
 
@@ -471,7 +482,7 @@ fn bf16_bits<'a, T: Element>(
     targets: &MatRef<'a, T>,
 ) -> Option<Bf16Data<'a>> {
     #[cfg(target_arch = "x86_64")]
-    if isa.backend() == Backend::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16") {
+    if isa.avx512_bf16() {
         let z = half::bf16::cast(logits.data())?;
         let a = half::bf16::cast(targets.data())?;
         return Some(Bf16Data {

@@ -404,6 +404,20 @@ unsafe fn masked_dot<V: F32x, E: KElem>(z: &[E], a: &[E], vm: V, tp: Temp) -> f3
     }
 }
 
+/// One vector of [`exp_stats`]: `e = exp(d)` to store, added to `S`, and (with `want_r`)
+/// `dr`, the `d` that counts towards `R`, subtracted from `−R`.
+///
+/// # Safety
+/// `V`'s CPU requirement.
+#[inline(always)]
+unsafe fn exp_vec<V: F32x>(d: V, dr: V, want_r: bool, (s, r): (V, V)) -> (V, (V, V)) {
+    // SAFETY: the caller's guarantee; no memory access.
+    unsafe {
+        let ev = d.exp_nonpos();
+        (ev, (s.add(ev), if want_r { r.sub(dr) } else { r }))
+    }
+}
+
 /// [`exp_stats`] on the whole vectors of columns `i..end`, then a partial one (padding
 /// lanes read as `z = −∞`: `e = 0`, and they are selected out of `R`); returns the next
 /// column (`end`) and the sums `(S, −R)`. Prefetches and `prev`'s steps as in
@@ -419,7 +433,7 @@ unsafe fn exp_span<V: F32x, E: KElem>(
     (vm, tp, want_r): (V, Temp, bool),
     next: &[E],
     (sweep, mut pj): (PrevSweep<V, E>, usize),
-    (mut s, mut r): (V, V),
+    mut acc: (V, V),
 ) -> (usize, (V, V)) {
     let l = V::LANES;
     let np = next.as_ptr();
@@ -431,26 +445,20 @@ unsafe fn exp_span<V: F32x, E: KElem>(
             }
             pj = sweep.step(pj);
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
-            let ev = d.exp_nonpos();
+            let (ev, a2) = exp_vec(d, d, want_r, acc);
             ev.store(ep.add(i));
-            s = s.add(ev);
-            if want_r {
-                r = r.sub(d);
-            }
+            acc = a2;
             i += l;
         }
         if i < end {
             let k = end - i;
             let d = tp.vec(E::load_partial::<V>(zp.add(i), k, f32::NEG_INFINITY).sub(vm));
-            let ev = d.exp_nonpos();
+            // Padding lanes hold −∞ − m = −∞: select them away from `R` (∞·0 would be NaN).
+            let (ev, a2) = exp_vec(d, d.zero_where_zero(tail_mask::<V>(k)), want_r, acc);
             ev.store_partial(ep.add(i), k);
-            s = s.add(ev);
-            if want_r {
-                // Padding lanes hold −∞ − m = −∞: select them away (∞·0 would be NaN).
-                r = r.sub(d.zero_where_zero(tail_mask::<V>(k)));
-            }
+            acc = a2;
         }
-        (pj, (s, r))
+        (pj, acc)
     }
 }
 
@@ -489,7 +497,6 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
             (pj, acc) = exp_span::<V, E>((zp, ep), (0, h), (vm, tp, want_r), next, (sweep, pj), acc);
             i = h;
             let np = next.as_ptr();
-            let (mut s, mut r) = acc;
             while i + 2 * l <= n {
                 if i < next.len() {
                     V::prefetch(np.add(i).cast());
@@ -498,17 +505,13 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
                 let (z0, z1) = E::load2::<V>(zp.add(i));
                 let d0 = tp.vec(z0.sub(vm));
                 let d1 = tp.vec(z1.sub(vm));
-                let e0 = d0.exp_nonpos();
-                let e1 = d1.exp_nonpos();
+                let (e0, a2) = exp_vec(d0, d0, want_r, acc);
+                let (e1, a3) = exp_vec(d1, d1, want_r, a2);
                 e0.store(ep.add(i));
                 e1.store(ep.add(i + l));
-                s = s.add(e0).add(e1);
-                if want_r {
-                    r = r.sub(d0).sub(d1);
-                }
+                acc = a3;
                 i += 2 * l;
             }
-            acc = (s, r);
         }
         let (pj, (s, r)) = exp_span::<V, E>((zp, ep), (i, n), (vm, tp, want_r), next, (sweep, pj), acc);
         sweep.finish(pj);

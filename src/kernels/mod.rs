@@ -35,15 +35,14 @@ macro_rules! stamp {
             match isa.backend() {
                 #[cfg(target_arch = "x86_64")]
                 crate::Backend::Avx512 => {
-                    if $bf16 && std::arch::is_x86_feature_detected!("avx512bf16") {
+                    if $bf16 && isa.avx512_bf16() {
                         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,avx512bf16")]
                         unsafe fn imp $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
                             // SAFETY: only called when the CPU has AVX-512 F/BW/VL/DQ and
                             // BF16, `Avx512<true>`'s requirement.
                             unsafe { $generic::<crate::simd::avx512::Avx512<true> $($(, $g)*)?>($($arg),*) }
                         }
-                        // SAFETY: `isa` proves AVX-512 F/BW/VL/DQ (`Isa::resolve`), and
-                        // BF16 was just detected.
+                        // SAFETY: `isa` proves AVX-512 F/BW/VL/DQ and BF16 (`Isa::resolve`).
                         return unsafe { imp $(::<$($g),*>)? ($($arg),*) };
                     }
                     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]

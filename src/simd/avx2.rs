@@ -182,12 +182,6 @@ unsafe impl F32x for Avx2 {
     }
 
     #[inline(always)]
-    unsafe fn max_nan(self, rhs: Self) -> Self {
-        // SAFETY: AVX is available (trait CPU requirement).
-        Avx2(unsafe { max_nan_m256(self.0, rhs.0) })
-    }
-
-    #[inline(always)]
     unsafe fn fma(self, b: Self, c: Self) -> Self {
         // SAFETY: FMA is available (trait CPU requirement).
         Avx2(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })

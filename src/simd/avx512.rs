@@ -189,18 +189,6 @@ unsafe impl<const BF16: bool> F32x for Avx512<BF16> {
     }
 
     #[inline(always)]
-    unsafe fn max_nan(self, rhs: Self) -> Self {
-        // `vmaxps` returns `rhs` if either lane is NaN; in the unordered lanes recompute as
-        // `self + rhs`, which is NaN there.
-        // SAFETY: AVX-512F is available (trait CPU requirement).
-        unsafe {
-            let m = _mm512_max_ps(self.0, rhs.0);
-            let unordered = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, rhs.0);
-            Avx512(_mm512_mask_add_ps(m, unordered, self.0, rhs.0))
-        }
-    }
-
-    #[inline(always)]
     unsafe fn fma(self, b: Self, c: Self) -> Self {
         // SAFETY: AVX-512F is available (trait CPU requirement).
         Avx512(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })

@@ -78,7 +78,8 @@
 //! * `max`/`min` are the fast hardware operations: for non-NaN lanes they return the larger /
 //!   smaller value; **if either lane is NaN the result lane is unspecified** (x86 and the scalar
 //!   backend return `rhs`, NEON returns NaN), and between `-0.0` and `+0.0` either may be
-//!   returned. Use `F32x::max_nan` when NaN must propagate (running maxima in the kernels).
+//!   returned. Kernels that need NaN to propagate detect it another way (the cross-entropy max
+//!   sweep relies on the NaN that a NaN logit leaves in the sum of exponentials).
 //! * `hsum` adds the lanes in an unspecified (tree) order, so results can differ between
 //!   backends by normal rounding; `hmax` returns NaN if any lane is NaN.
 //! * `exp` uses one algorithm and one set of constants for every backend (see the `exp`
@@ -198,7 +199,7 @@ pub(crate) unsafe trait F32x: Copy {
 
     /// Lane-wise maximum. **NaN handling is unspecified**: if either lane is NaN the result lane
     /// may be either operand (x86 and scalar return `rhs`, NEON returns NaN); `max(-0.0, +0.0)`
-    /// may return either zero. Use [`F32x::max_nan`] when NaN must propagate.
+    /// may return either zero.
     ///
     /// # Safety
     /// The CPU requirement (see the trait docs).
@@ -210,13 +211,6 @@ pub(crate) unsafe trait F32x: Copy {
     /// # Safety
     /// The CPU requirement (see the trait docs).
     unsafe fn min(self, rhs: Self) -> Self;
-
-    /// Lane-wise maximum that propagates NaN: a result lane is NaN if either input lane is NaN
-    /// (payload unspecified), otherwise the larger value (`-0.0` vs `+0.0`: either zero).
-    ///
-    /// # Safety
-    /// The CPU requirement (see the trait docs).
-    unsafe fn max_nan(self, rhs: Self) -> Self;
 
     /// Fused multiply-add `self * b + c` with a single rounding on every backend.
     ///

@@ -115,13 +115,6 @@ unsafe impl F32x for Neon {
         Neon(unsafe { vminq_f32(self.0, rhs.0) })
     }
 
-    /// `fmax` already propagates NaN (unlike `fmaxnm`).
-    #[inline(always)]
-    unsafe fn max_nan(self, rhs: Self) -> Self {
-        // SAFETY: NEON is available (trait CPU requirement).
-        Neon(unsafe { vmaxq_f32(self.0, rhs.0) })
-    }
-
     #[inline(always)]
     unsafe fn fma(self, b: Self, c: Self) -> Self {
         // vfmaq_f32(acc, x, y) = acc + x * y, fused.

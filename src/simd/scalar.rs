@@ -131,15 +131,6 @@ unsafe impl F32x for S1 {
     }
 
     #[inline(always)]
-    unsafe fn max_nan(self, rhs: Self) -> Self {
-        if self.0 > rhs.0 || self.0.is_nan() {
-            self
-        } else {
-            rhs
-        }
-    }
-
-    #[inline(always)]
     unsafe fn fma(self, b: Self, c: Self) -> Self {
         S1(self.0.mul_add(b.0, c.0))
     }
