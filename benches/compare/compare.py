@@ -421,7 +421,7 @@ def main():
         "- softnce backend: {}; PyTorch {} (MKL: {}, oneDNN: {}); PyTorch allocator: {}".format(
             backend, tinfo["torch"], "yes" if tinfo["mkl"] else "no", "yes" if tinfo["mkldnn"] else "no", alloc),
         "- FMA peak ({} threads): {} (examples/bench.rs --peak, this run)".format(args.threads, "{:.0f} GFLOP/s".format(peak) if peak else "not measured (no AVX2/AVX-512)"),
-        "- streaming bandwidth: {:.1f} GB/s (--roofline, stream_gbps: read two {}×{} f32 arrays, write one; this run)".format(stream[0], stream[1], stream[2]) if stream else "- streaming bandwidth: not measured",
+        "- streaming bandwidth: {:.1f} GB/s (--roofline, stream_gbps: read two {}×{} f32 arrays, write one, the faster of plain and non-temporal stores; this run)".format(stream[0], stream[1], stream[2]) if stream else "- streaming bandwidth: not measured",
         "- f32, loss + gradient with respect to the logits, mean over rows, t = 1, uniform η; medians after one warm-up call "
         "(softnce: the case's reps; PyTorch: the same, fewer when one call is slow, at most {} for (a)). "
         "PyTorch gets MixUp and smoothed targets as the equal dense matrix; softnce takes them structured. "
