@@ -549,6 +549,88 @@ fn nan_anywhere_in_a_row_makes_that_row_nan() {
 /// element would miss by far; the loss agrees to `1e-6`. x86-64 only, as
 /// [`streaming_gradient_matches_reference`].
 #[cfg(target_arch = "x86_64")]
+/// Each row's sweep finds the next row's maximum (no max sweep of its own): rows far apart
+/// in scale, with ignored, masked and NaN rows between them, on every backend. A row given
+/// a neighbour's maximum overflows (`exp(+300)`) or loses its whole sum (`exp(−300) = 0`).
+#[test]
+fn every_row_gets_its_own_maximum_in_pipelined_blocks() {
+    let (n, c, stride) = (40usize, 1037usize, 1040usize);
+    let mut next = common::uniform(29);
+    let offsets = [0.0f32, 300.0, -300.0, 5000.0, -5000.0, 40.0, -2000.0];
+    let mut z: Vec<f32> = (0..n * stride)
+        .map(|k| offsets[(k / stride) % offsets.len()] + 8.0 * next() - 4.0)
+        .collect();
+    z[9 * stride..9 * stride + c].fill(f32::NEG_INFINITY); // no finite logit
+    z[17 * stride + 100] = f32::NAN; // a NaN row with a finite maximum
+    z[25 * stride..25 * stride + c].fill(f32::NEG_INFINITY); // masked but one class
+    z[25 * stride + 500] = 1.0;
+    let a: Vec<f32> = (0..n * c).map(|_| next()).collect();
+    let ignore = 7u32;
+    let labels: Vec<u32> = (0..n)
+        .map(|i| {
+            if i % 5 == 2 || i == 23 {
+                ignore
+            } else {
+                (i * 331 % c) as u32
+            }
+        })
+        .collect();
+    let partner: Vec<u32> = (0..n).map(|i| (i * 577 % c) as u32).collect();
+    let zm = MatRef::with_stride(&z, n, c, stride).unwrap();
+    let req = Request::loss_and_grad();
+    let soft = SoftCrossEntropy::new().reduction(Reduction::Mean);
+    let hard = HardCrossEntropy::new()
+        .smoothing(0.1)
+        .ignore_index(Some(ignore))
+        .reduction(Reduction::Sum);
+    let dense = Targets::Dense(MatRef::new(&a, n, c).unwrap());
+    let mixed = Targets::mixed(&labels, &partner, RowParam::Batch(0.3), 0.1);
+    for backend in available_backends() {
+        let (soft, hard) = (soft.backend(Some(backend)), hard.backend(Some(backend)));
+        for (form, t) in [("dense", &dense), ("mixed", &mixed)] {
+            let r = reference::soft_cross_entropy(&soft, zm, t, &req).unwrap();
+            let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
+            let out = Outputs::new()
+                .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+                .row_losses(&mut rows);
+            let loss = soft.compute(zm, t, out).unwrap();
+            compare(
+                &format!("soft-ce/{form} {backend}"),
+                loss,
+                &rows,
+                &g,
+                stride,
+                c,
+                &r,
+                0.0,
+            );
+        }
+        let r = reference::hard_cross_entropy(&hard, zm, &labels, &req).unwrap();
+        let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
+        let out = Outputs::new()
+            .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+            .row_losses(&mut rows);
+        let loss = hard.compute(zm, &labels, out).unwrap();
+        compare(&format!("hard-ce {backend}"), loss, &rows, &g, stride, c, &r, 0.0);
+        // bf16: the row losses against the reference on the rounded values (the same sums
+        // in f32, so far inside bf16's own precision).
+        let zb: Vec<softnce::bf16> = z.iter().map(|&v| softnce::bf16::from_f32(v)).collect();
+        let zw: Vec<f32> = zb.iter().map(|v| v.to_f32()).collect();
+        let zbm = MatRef::with_stride(&zb, n, c, stride).unwrap();
+        let zwm = MatRef::with_stride(&zw, n, c, stride).unwrap();
+        let r = reference::hard_cross_entropy(&hard, zwm, &labels, &req).unwrap();
+        let (mut g, mut rows) = (vec![softnce::bf16::from_f32(7.0); n * stride], vec![0.0f32; n]);
+        let out = Outputs::new()
+            .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+            .row_losses(&mut rows);
+        hard.compute(zbm, &labels, out).unwrap();
+        for (i, (&l, &want)) in rows.iter().zip(&r.row_losses).enumerate() {
+            let ok = (l.is_nan() && want.is_nan()) || close(l as f64, want, 1e-4 * want.abs().max(1.0));
+            assert!(ok, "hard-ce bf16 {backend}: row {i} loss {l} vs {want}");
+        }
+    }
+}
+
 #[test]
 fn streaming_half_gradient_is_the_rounded_f32_gradient() {
     fn check<H: softnce::Element>(what: &str, exact: bool) {

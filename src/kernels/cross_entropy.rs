@@ -137,7 +137,10 @@ pub(crate) fn kernel_temperature_ok(t: f32) -> bool {
     (1.0 / t).is_finite()
 }
 
-/// Sweep 1: the maximum of the raw logits `z` over the row (the maximum of `u = z/t` is
+/// The maximum sweep of a block's first row and of a row after a special one (the other
+/// rows get their maximum from the previous row's statistics sweep, [`Ahead`], with the
+/// same [`F32x::max`] and so the same result): the maximum of the raw logits `z` over the
+/// row (the maximum of `u = z/t` is
 /// `max(z)/t`; the kernels only ever scale differences `z − max z`, so finite logits whose
 /// `z/t` would overflow f32 stay finite). The first `z.len()` elements of `next` are
 /// prefetched, one vector's worth per vector read (see [`dense_block`]).
@@ -230,6 +233,94 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
     unsafe { V::load_partial(ONES.as_ptr(), n, 0.0) }
 }
 
+/// What a statistics sweep ([`dense_stats`], [`exp_stats`]) does for the rows after its
+/// own, so that each core keeps its memory busy while it computes: it reads the next row's
+/// logits `next` (already prefetched, so from cache) for that row's maximum, which spares
+/// the next row a sweep of its own, and it prefetches the slices `pf` (the next row's
+/// targets and the logits of the row after it), one vector's worth of each per vector.
+/// Empty slices stand for rows that do not exist.
+#[derive(Clone, Copy)]
+struct Ahead<'a, E> {
+    next: &'a [E],
+    pf: [&'a [E]; 2],
+}
+
+impl<E: KElem> Ahead<'_, E> {
+    /// Column `i`'s share: prefetches, then the running maximum `nm` of `next` over a whole
+    /// vector.
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `next` is empty or holds a whole vector at `i`.
+    #[inline(always)]
+    unsafe fn step<V: F32x>(&self, i: usize, nm: V) -> V {
+        // SAFETY: prefetches are hints that never fault; the load is the caller's guarantee.
+        unsafe {
+            // One prefetch per 64-byte line: every other vector of a 16-bit type.
+            if (i * std::mem::size_of::<E>()) % 64 < V::LANES * std::mem::size_of::<E>() {
+                for pf in self.pf {
+                    if i < pf.len() {
+                        V::prefetch(pf.as_ptr().add(i).cast());
+                    }
+                }
+            }
+            if self.next.is_empty() {
+                nm
+            } else {
+                nm.max(E::load::<V>(self.next.as_ptr().add(i)))
+            }
+        }
+    }
+
+    /// [`step`](Self::step) for the `r < LANES` columns from `i` on (the last, partial
+    /// vector; padding lanes read as `−∞`).
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `next` is empty or holds `r` elements at `i`.
+    #[inline(always)]
+    unsafe fn step_partial<V: F32x>(&self, i: usize, r: usize, nm: V) -> V {
+        // SAFETY: as in `step`.
+        unsafe {
+            for pf in self.pf {
+                if i < pf.len() {
+                    V::prefetch(pf.as_ptr().add(i).cast());
+                }
+            }
+            if self.next.is_empty() {
+                nm
+            } else {
+                nm.max(E::load_partial::<V>(
+                    self.next.as_ptr().add(i),
+                    r,
+                    f32::NEG_INFINITY,
+                ))
+            }
+        }
+    }
+
+    /// [`step`](Self::step) for a pair of vectors at `i` ([`KElem::load2`]'s order does
+    /// not matter to a maximum), prefetching the pair's bytes.
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; `next` is empty or holds two whole vectors at `i`.
+    #[inline(always)]
+    unsafe fn step2<V: F32x>(&self, i: usize, nm: V) -> V {
+        // SAFETY: as in `step`.
+        unsafe {
+            for pf in self.pf {
+                if i < pf.len() {
+                    V::prefetch(pf.as_ptr().add(i).cast());
+                }
+            }
+            if self.next.is_empty() {
+                nm
+            } else {
+                let (x0, x1) = E::load2::<V>(self.next.as_ptr().add(i));
+                nm.max(x0).max(x1)
+            }
+        }
+    }
+}
+
 /// The running sums of [`dense_stats`]: `S`, `mass`, `−T` and the smallest weight.
 type DenseAcc<V> = (V, V, V, V);
 
@@ -251,8 +342,8 @@ unsafe fn dense_vec<V: F32x>(d: V, dt: V, av: V, (s, mass, tt, lo): DenseAcc<V>)
 /// [`dense_stats`] on the whole vectors of columns `i..end`, then a partial one; returns the
 /// next column (`end`) and the sums. Padding lanes read as `z = −∞`, `a = 0`: their `e` is
 /// 0, and their `d` is zeroed before it meets the weight (the `0·(−∞) = 0` convention, so
-/// padding never sends the row to the masked path). `next` is prefetched, one vector's
-/// worth per vector, and `prev`'s sweep steps once per vector.
+/// padding never sends the row to the masked path). `ahead` steps once per vector (the
+/// next row's maximum in `nm`), and so does `prev`'s sweep.
 ///
 /// # Safety
 /// `V`'s CPU requirement; the row's slices hold at least `end` elements.
@@ -263,21 +354,18 @@ unsafe fn dense_span<V: F32x, E: KElem>(
     (mut i, end): (usize, usize),
     vm: V,
     tp: Temp,
-    next: &[E],
+    (ahead, mut nm): (Ahead<'_, E>, V),
     (sweep, mut pj): (PrevSweep<V, E>, usize),
     mut acc: DenseAcc<V>,
-) -> (usize, DenseAcc<V>) {
+) -> (usize, DenseAcc<V>, V) {
     let l = V::LANES;
-    let np = next.as_ptr();
     // SAFETY: the caller's guarantees: full vectors below `end`, then one partial vector of
-    // `end − i < l` elements; prefetches are hints that never fault.
+    // `end − i < l` elements (`ahead.next` has the row's length or none).
     unsafe {
         // No closures here: a closure would be compiled without the entry point's target
         // features and the vector intrinsics would not inline.
         while i + l <= end {
-            if i < next.len() {
-                V::prefetch(np.add(i).cast());
-            }
+            nm = ahead.step(i, nm);
             pj = sweep.step(pj);
             let av = E::load::<V>(ap.add(i));
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
@@ -293,17 +381,19 @@ unsafe fn dense_span<V: F32x, E: KElem>(
             let (ev, a2) = dense_vec(d, d.zero_where_zero(av), av, acc);
             ev.store_partial(ep.add(i), r);
             acc = a2;
+            nm = ahead.step_partial(i, r, nm);
         }
-        (pj, acc)
+        (pj, acc, nm)
     }
 }
 
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`,
-/// returns `(S, mass, T, ok)` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even
-/// where `z_c = −∞`) and `ok` false if a weight may be negative or non-finite (a finite
-/// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector).
-/// `next` (part of the next row) is prefetched, one vector's worth per vector read, and
-/// `prev`'s gradient sweep (the previous row's) runs in the same loop (see [`dense_block`]).
+/// returns `(S, mass, T, ok, m')` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0
+/// even where `z_c = −∞`), `ok` false if a weight may be negative or non-finite (a finite
+/// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector) and
+/// `m'` the maximum of `ahead.next` as [`row_max`] would give it (`−∞` without a next row).
+/// `ahead`'s work and `prev`'s gradient sweep (the previous row's) run in the same loop
+/// (see [`dense_block`]).
 ///
 /// Paired element types ([`KElem::PAIRED`]) read columns `h..` two vectors at a time and
 /// store their `e` in the pairs' interleaved order (see [`e_index`]); `h` is the row's
@@ -320,9 +410,9 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
     tp: Temp,
     e: &mut [f32],
     h: usize,
-    next: &[E],
+    ahead: Ahead<'_, E>,
     prev: Option<PrevGrad<'_, E>>,
-) -> (f32, f32, f32, bool) {
+) -> (f32, f32, f32, bool, f32) {
     let n = z.len();
     let l = V::LANES;
     let (zp, ap, ep) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr());
@@ -330,21 +420,19 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
     // column; its unaligned head (streaming stores need aligned vectors) goes first.
     // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
     let (sweep, mut pj) = unsafe { PrevSweep::<V, E>::start(prev) };
-    // SAFETY: V's CPU features are guaranteed by the caller; the three slices have length n
-    // and every access is inside them (spans end at `h <= n` or `n`, pairs at `i + 2l <= n`);
-    // prefetches are hints that never fault.
+    // SAFETY: V's CPU features are guaranteed by the caller; the three slices (and
+    // `ahead.next`, unless empty) have length n and every access is inside them (spans end
+    // at `h <= n` or `n`, pairs at `i + 2l <= n`); prefetches are hints that never fault.
     unsafe {
         let vm = V::splat(m);
         let mut acc = (V::zero(), V::zero(), V::zero(), V::zero());
+        let mut nm = V::splat(f32::NEG_INFINITY);
         let mut i = 0;
         if E::PAIRED {
-            (pj, acc) = dense_span::<V, E>((zp, ap, ep), (0, h), vm, tp, next, (sweep, pj), acc);
+            (pj, acc, nm) = dense_span::<V, E>((zp, ap, ep), (0, h), vm, tp, (ahead, nm), (sweep, pj), acc);
             i = h;
-            let np = next.as_ptr();
             while i + 2 * l <= n {
-                if i < next.len() {
-                    V::prefetch(np.add(i).cast());
-                }
+                nm = ahead.step2(i, nm);
                 pj = sweep.step(pj);
                 let (a0, a1) = E::load2::<V>(ap.add(i));
                 let (z0, z1) = E::load2::<V>(zp.add(i));
@@ -358,7 +446,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
                 i += 2 * l;
             }
         }
-        (pj, acc) = dense_span::<V, E>((zp, ap, ep), (i, n), vm, tp, next, (sweep, pj), acc);
+        (pj, acc, nm) = dense_span::<V, E>((zp, ap, ep), (i, n), vm, tp, (ahead, nm), (sweep, pj), acc);
         sweep.finish(pj);
         let (s, mass, tt, lo) = acc;
         let mass = mass.hsum();
@@ -372,7 +460,7 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
             // recompute T with the convention 0·(−∞) = 0 (a rare, slower path).
             t_sum = -masked_dot::<V, E>(z, a, vm, tp);
         }
-        (s, mass, t_sum, ok)
+        (s, mass, t_sum, ok, nm.hmax())
     }
 }
 
@@ -420,7 +508,7 @@ unsafe fn exp_vec<V: F32x>(d: V, dr: V, want_r: bool, (s, r): (V, V)) -> (V, (V,
 
 /// [`exp_stats`] on the whole vectors of columns `i..end`, then a partial one (padding
 /// lanes read as `z = −∞`: `e = 0`, and they are selected out of `R`); returns the next
-/// column (`end`) and the sums `(S, −R)`. Prefetches and `prev`'s steps as in
+/// column (`end`) and the sums `(S, −R)`. `ahead`'s and `prev`'s steps as in
 /// [`dense_span`].
 ///
 /// # Safety
@@ -431,18 +519,15 @@ unsafe fn exp_span<V: F32x, E: KElem>(
     (zp, ep): (*const E, *mut f32),
     (mut i, end): (usize, usize),
     (vm, tp, want_r): (V, Temp, bool),
-    next: &[E],
+    (ahead, mut nm): (Ahead<'_, E>, V),
     (sweep, mut pj): (PrevSweep<V, E>, usize),
     mut acc: (V, V),
-) -> (usize, (V, V)) {
+) -> (usize, (V, V), V) {
     let l = V::LANES;
-    let np = next.as_ptr();
     // SAFETY: as in `dense_span`.
     unsafe {
         while i + l <= end {
-            if i < next.len() {
-                V::prefetch(np.add(i).cast());
-            }
+            nm = ahead.step(i, nm);
             pj = sweep.step(pj);
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
             let (ev, a2) = exp_vec(d, d, want_r, acc);
@@ -457,16 +542,17 @@ unsafe fn exp_span<V: F32x, E: KElem>(
             let (ev, a2) = exp_vec(d, d.zero_where_zero(tail_mask::<V>(k)), want_r, acc);
             ev.store_partial(ep.add(i), k);
             acc = a2;
+            nm = ahead.step_partial(i, k, nm);
         }
-        (pj, acc)
+        (pj, acc, nm)
     }
 }
 
 /// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
-/// `e`, returns `(S, R)` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0). `next` (part
-/// of the next row) is prefetched, one vector's worth per vector read, and `prev`'s
-/// gradient sweep runs in the same loop (see [`structured_block`]). Paired element types
-/// read columns `h..` in pairs, as in [`dense_stats`].
+/// `e`, returns `(S, R, m')` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0) and `m'` the
+/// maximum of `ahead.next` (as in [`dense_stats`]). `ahead`'s work and `prev`'s gradient
+/// sweep run in the same loop (see [`structured_block`]). Paired element types read columns
+/// `h..` in pairs, as in [`dense_stats`].
 ///
 /// # Safety
 /// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite; `h <= len`.
@@ -479,9 +565,9 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
     e: &mut [f32],
     h: usize,
     want_r: bool,
-    next: &[E],
+    ahead: Ahead<'_, E>,
     prev: Option<PrevGrad<'_, E>>,
-) -> (f32, f32) {
+) -> (f32, f32, f32) {
     let n = z.len();
     let l = V::LANES;
     let (zp, ep) = (z.as_ptr(), e.as_mut_ptr());
@@ -492,15 +578,14 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
     unsafe {
         let vm = V::splat(m);
         let mut acc = (V::zero(), V::zero());
+        let mut nm = V::splat(f32::NEG_INFINITY);
         let mut i = 0;
         if E::PAIRED {
-            (pj, acc) = exp_span::<V, E>((zp, ep), (0, h), (vm, tp, want_r), next, (sweep, pj), acc);
+            (pj, acc, nm) =
+                exp_span::<V, E>((zp, ep), (0, h), (vm, tp, want_r), (ahead, nm), (sweep, pj), acc);
             i = h;
-            let np = next.as_ptr();
             while i + 2 * l <= n {
-                if i < next.len() {
-                    V::prefetch(np.add(i).cast());
-                }
+                nm = ahead.step2(i, nm);
                 pj = sweep.step(pj);
                 let (z0, z1) = E::load2::<V>(zp.add(i));
                 let d0 = tp.vec(z0.sub(vm));
@@ -513,9 +598,10 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
                 i += 2 * l;
             }
         }
-        let (pj, (s, r)) = exp_span::<V, E>((zp, ep), (i, n), (vm, tp, want_r), next, (sweep, pj), acc);
+        let (pj, (s, r), nm) =
+            exp_span::<V, E>((zp, ep), (i, n), (vm, tp, want_r), (ahead, nm), (sweep, pj), acc);
         sweep.finish(pj);
-        (s.hsum(), if want_r { r.hsum() } else { 0.0 })
+        (s.hsum(), if want_r { r.hsum() } else { 0.0 }, nm.hmax())
     }
 }
 
@@ -810,12 +896,14 @@ fn mul0(a: f32, b: f32) -> f32 {
 /// losses into `row_losses`, gradient rows into `grad` (row `r` of the block at
 /// `r·g_stride`); returns the sum of the losses.
 ///
-/// Software-pipelined: the gradient sweep of row `i` runs inside the statistics sweep of
-/// row `i + 1` (two scratch rows of exponentials alternate), so the exp arithmetic of one
-/// row overlaps the memory traffic of the other. Memory is spread over the two sweeps of
-/// each row: the max sweep prefetches the next row's logits, the fused sweep the next
-/// row's targets while it streams the previous row's gradient out. (Three separate sweeps
-/// left memory idle while the exponentials were computed.)
+/// Software-pipelined, one sweep per row: the statistics sweep of row `i` also writes the
+/// gradient of row `i − 1` (two scratch rows of exponentials alternate) and, through
+/// [`Ahead`], finds the maximum of row `i + 1` and prefetches the targets of row `i + 1`
+/// and the logits of row `i + 2`. So every sweep reads from DRAM (prefetches) and writes
+/// to it (streaming stores) while it computes, and only a block's first row (or one after
+/// a special row) has a max sweep of its own. (Three separate sweeps left memory idle
+/// while the exponentials were computed; a separate max sweep per row left the writes
+/// idle while it read.)
 ///
 /// With `p.check`, each target row is proven valid (see [`dense_stats`]) and a suspect
 /// row sets the flag.
@@ -839,6 +927,8 @@ unsafe fn dense_block<V: F32x, E: KElem>(
     let (mut e_cur, mut e_prev) = (e0, e1);
     // The row whose gradient is still to write: (block row, problem row, c1, c2).
     let mut pending: Option<(usize, usize, f32, f32)> = None;
+    // The next row's maximum, when this row's sweep computed it.
+    let mut carried: Option<f32> = None;
     let mut suspect = false;
     let mut total = 0.0f64;
     let end = rows.end;
@@ -857,7 +947,14 @@ unsafe fn dense_block<V: F32x, E: KElem>(
             } else {
                 (&[][..], &[][..])
             };
-            let m = row_max::<V, E>(z, next_z);
+            let after = if i + 2 < end { zrow(i + 2) } else { &[][..] };
+            // The previous row's sweep found this row's maximum, unless it was special or
+            // this is the block's first row: then a sweep of its own (prefetching the next
+            // row, which this row's sweep reads).
+            let m = match carried.take() {
+                Some(m) => m,
+                None => row_max::<V, E>(z, next_z),
+            };
             let loss = if m.is_finite() {
                 let prev = pending.take().map(|(pr, pi, c1, c2)| PrevGrad {
                     e: &*e_prev,
@@ -868,7 +965,14 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                     stream: p.stream,
                 });
                 let h = gp.map_or(0, |g| pair_origin::<V, E>(g.add(r * g_stride), c));
-                let (s, mass, tt, ok) = dense_stats::<V, E>(z, ai, m, tp, e_cur, h, next_a, prev);
+                let ahead = Ahead {
+                    next: next_z,
+                    pf: [next_a, after],
+                };
+                let (s, mass, tt, ok, next_m) = dense_stats::<V, E>(z, ai, m, tp, e_cur, h, ahead, prev);
+                if !next_z.is_empty() {
+                    carried = Some(next_m);
+                }
                 suspect |= !ok;
                 if s.is_nan() {
                     // A NaN logit (see `row_max`).
@@ -962,9 +1066,9 @@ fn fix_explicit<V: F32x, E: KElem>(
 
 /// Rows `rows` of soft-target CE against structured targets `s` (rows labelled `ignore`
 /// contribute nothing), pipelined like [`dense_block`]: the gradient sweep of a row runs
-/// inside the exp sweep of the next, and its explicit classes are fixed right after.
-/// Memory: the next row's logits are prefetched half in the max sweep, half in the exp
-/// sweep, while the gradient stores stream out.
+/// inside the exp sweep of the next, and its explicit classes are fixed right after. The
+/// exp sweep also finds the next row's maximum and prefetches the logits of the row after
+/// it ([`Ahead`]), while the gradient stores stream out.
 ///
 /// # Safety
 /// `V`'s CPU requirement; `p` was validated (entry classes `< C`); `grad` (if any) holds
@@ -984,6 +1088,8 @@ unsafe fn structured_block<V: F32x, E: KElem>(
     let (mut e_cur, mut e_prev) = (e0, e1);
     // The row whose gradient is still to write: (block row, its entries, c1, c2, k).
     let mut pending: Option<(usize, crate::targets::Entries<'_>, f32, f32, f32)> = None;
+    // The next row's maximum, when this row's sweep computed it.
+    let mut carried: Option<f32> = None;
     let mut total = 0.0f64;
     let end = rows.end;
     let zrow = |i: usize| &p.z[i * p.z_stride..i * p.z_stride + c];
@@ -992,6 +1098,7 @@ unsafe fn structured_block<V: F32x, E: KElem>(
         let grow = |r: usize| gp.map(|g| std::slice::from_raw_parts_mut(g.add(r * g_stride), c));
         for (r, i) in rows.enumerate() {
             let (floor, entries) = s.row(i, c);
+            let carried_m = carried.take();
             if let (Some(ig), Some((y, _))) = (ignore, entries.iter().next()) {
                 if y == ig {
                     if let Some(g) = grow(r) {
@@ -1007,8 +1114,12 @@ unsafe fn structured_block<V: F32x, E: KElem>(
             let k = p.scale.get(i) / p.t;
             let mass = floor * c as f32 + entries.iter().map(|(_, w)| w).sum::<f32>();
             let next = if i + 1 < end { zrow(i + 1) } else { &[][..] };
-            let (next_a, next_b) = next.split_at(next.len() / 2);
-            let m = row_max::<V, E>(z, next_a);
+            let after = if i + 2 < end { zrow(i + 2) } else { &[][..] };
+            // As in `dense_block`: the maximum from the previous row's sweep, or a sweep.
+            let m = match carried_m {
+                Some(m) => m,
+                None => row_max::<V, E>(z, next),
+            };
             let loss = if m.is_finite() {
                 let prev_row = pending.take();
                 let prev = prev_row.map(|(pr, _, c1, c2, _)| PrevGrad {
@@ -1020,7 +1131,14 @@ unsafe fn structured_block<V: F32x, E: KElem>(
                     stream: p.stream,
                 });
                 let h = gp.map_or(0, |g| pair_origin::<V, E>(g.add(r * g_stride), c));
-                let (sum, rr) = exp_stats::<V, E>(z, m, tp, e_cur, h, floor > 0.0, next_b, prev);
+                let ahead = Ahead {
+                    next,
+                    pf: [after, &[][..]],
+                };
+                let (sum, rr, next_m) = exp_stats::<V, E>(z, m, tp, e_cur, h, floor > 0.0, ahead, prev);
+                if !next.is_empty() {
+                    carried = Some(next_m);
+                }
                 if let Some((pr, pe, c1, c2, pk)) = prev_row {
                     // The previous row's sweep is done: its explicit classes now.
                     let g = grow(pr).expect("pending rows have a gradient");
