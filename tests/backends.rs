@@ -169,6 +169,35 @@ fn compare(
     }
 }
 
+/// A cross-entropy call for [`checked_call`].
+enum Ce<'a> {
+    Soft(&'a SoftCrossEntropy, &'a Targets<'a>),
+    Hard(&'a HardCrossEntropy, &'a [u32]),
+}
+
+/// Runs `ce` on `zm` through the API (gradient rows of `stride`, padding pre-filled with
+/// 7.0) and [`compare`]s it with the reference; returns the row losses and the gradient.
+fn checked_call(what: &str, ce: Ce<'_>, zm: MatRef<'_, f32>, stride: usize) -> (Vec<f32>, Vec<f32>) {
+    let (n, c) = (zm.rows(), zm.cols());
+    let req = Request::loss_and_grad();
+    let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
+    let out = Outputs::new()
+        .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
+        .row_losses(&mut rows);
+    let (loss, r) = match ce {
+        Ce::Soft(l, t) => (
+            l.compute(zm, t, out).unwrap(),
+            reference::soft_cross_entropy(l, zm, t, &req).unwrap(),
+        ),
+        Ce::Hard(l, y) => (
+            l.compute(zm, y, out).unwrap(),
+            reference::hard_cross_entropy(l, zm, y, &req).unwrap(),
+        ),
+    };
+    compare(what, loss, &rows, &g, stride, c, &r, 0.0);
+    (rows, g)
+}
+
 fn run_all(case: &Case, reduction: Reduction) {
     let Case { n, c, stride, t, .. } = *case;
     let z = MatRef::with_stride(&case.logits, n, c, stride).unwrap();
@@ -465,7 +494,6 @@ fn nan_anywhere_in_a_row_makes_that_row_nan() {
     let labels: Vec<u32> = (0..n).map(|i| (i * 331 % c) as u32).collect();
     let partner: Vec<u32> = (0..n).map(|i| (i * 577 % c) as u32).collect();
     let zm = MatRef::with_stride(&z, n, c, stride).unwrap();
-    let req = Request::loss_and_grad();
     let soft = SoftCrossEntropy::new().reduction(Reduction::Sum);
     let hard = HardCrossEntropy::new().smoothing(0.1).reduction(Reduction::Sum);
     let dense = Targets::Dense(MatRef::new(&a, n, c).unwrap());
@@ -490,24 +518,13 @@ fn nan_anywhere_in_a_row_makes_that_row_nan() {
     for backend in available_backends() {
         let (soft, hard) = (soft.backend(Some(backend)), hard.backend(Some(backend)));
         for (form, t) in [("dense", &dense), ("mixed", &mixed)] {
-            let r = reference::soft_cross_entropy(&soft, zm, t, &req).unwrap();
-            let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
-            let out = Outputs::new()
-                .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
-                .row_losses(&mut rows);
-            let loss = soft.compute(zm, t, out).unwrap();
             let what = format!("soft-ce/{form} {backend}");
-            compare(&what, loss, &rows, &g, stride, c, &r, 0.0);
+            let (rows, g) = checked_call(&what, Ce::Soft(&soft, t), zm, stride);
             pattern(&what, &rows, &g, (c, stride), &nan_rows);
         }
-        let r = reference::hard_cross_entropy(&hard, zm, &labels, &req).unwrap();
-        let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
-        let out = Outputs::new()
-            .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
-            .row_losses(&mut rows);
-        let loss = hard.compute(zm, &labels, out).unwrap();
-        compare(&format!("hard-ce {backend}"), loss, &rows, &g, stride, c, &r, 0.0);
-        pattern(&format!("hard-ce {backend}"), &rows, &g, (c, stride), &nan_rows);
+        let what = format!("hard-ce {backend}");
+        let (rows, g) = checked_call(&what, Ce::Hard(&hard, &labels), zm, stride);
+        pattern(&what, &rows, &g, (c, stride), &nan_rows);
         fn half<T: softnce::Element>(
             backend: Backend,
             (z, a, labels): (&[f32], &[f32], &[u32]),
@@ -588,30 +605,19 @@ fn every_row_gets_its_own_maximum_in_pipelined_blocks() {
     for backend in available_backends() {
         let (soft, hard) = (soft.backend(Some(backend)), hard.backend(Some(backend)));
         for (form, t) in [("dense", &dense), ("mixed", &mixed)] {
-            let r = reference::soft_cross_entropy(&soft, zm, t, &req).unwrap();
-            let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
-            let out = Outputs::new()
-                .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
-                .row_losses(&mut rows);
-            let loss = soft.compute(zm, t, out).unwrap();
-            compare(
+            checked_call(
                 &format!("soft-ce/{form} {backend}"),
-                loss,
-                &rows,
-                &g,
+                Ce::Soft(&soft, t),
+                zm,
                 stride,
-                c,
-                &r,
-                0.0,
             );
         }
-        let r = reference::hard_cross_entropy(&hard, zm, &labels, &req).unwrap();
-        let (mut g, mut rows) = (vec![7.0f32; n * stride], vec![0.0f32; n]);
-        let out = Outputs::new()
-            .grad_logits(MatMut::with_stride(&mut g, n, c, stride).unwrap())
-            .row_losses(&mut rows);
-        let loss = hard.compute(zm, &labels, out).unwrap();
-        compare(&format!("hard-ce {backend}"), loss, &rows, &g, stride, c, &r, 0.0);
+        checked_call(
+            &format!("hard-ce {backend}"),
+            Ce::Hard(&hard, &labels),
+            zm,
+            stride,
+        );
         // bf16: the row losses against the reference on the rounded values (the same sums
         // in f32, so far inside bf16's own precision).
         let zb: Vec<softnce::bf16> = z.iter().map(|&v| softnce::bf16::from_f32(v)).collect();

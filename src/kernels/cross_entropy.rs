@@ -237,8 +237,8 @@ unsafe fn tail_mask<V: F32x>(n: usize) -> V {
 /// own, so that each core keeps its memory busy while it computes: it reads the next row's
 /// logits `next` (already prefetched, so from cache) for that row's maximum, which spares
 /// the next row a sweep of its own, and it prefetches the slices `pf` (the next row's
-/// targets and the logits of the row after it), one vector's worth of each per vector.
-/// Empty slices stand for rows that do not exist.
+/// targets and the logits of the row after it), one 64-byte line of each per line of the
+/// sweep. Empty slices stand for rows that do not exist.
 #[derive(Clone, Copy)]
 struct Ahead<'a, E> {
     next: &'a [E],
@@ -246,6 +246,21 @@ struct Ahead<'a, E> {
 }
 
 impl<E: KElem> Ahead<'_, E> {
+    /// Prefetches column `i` of each `pf` slice that has it.
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement.
+    #[inline(always)]
+    unsafe fn prefetch<V: F32x>(&self, i: usize) {
+        for pf in self.pf {
+            if i < pf.len() {
+                // SAFETY: V's CPU requirement is the caller's; a prefetch is a hint that
+                // never faults, and `i` is inside the slice.
+                unsafe { V::prefetch(pf.as_ptr().add(i).cast()) };
+            }
+        }
+    }
+
     /// Column `i`'s share: prefetches, then the running maximum `nm` of `next` over a whole
     /// vector.
     ///
@@ -257,11 +272,7 @@ impl<E: KElem> Ahead<'_, E> {
         unsafe {
             // One prefetch per 64-byte line: every other vector of a 16-bit type.
             if (i * std::mem::size_of::<E>()) % 64 < V::LANES * std::mem::size_of::<E>() {
-                for pf in self.pf {
-                    if i < pf.len() {
-                        V::prefetch(pf.as_ptr().add(i).cast());
-                    }
-                }
+                self.prefetch::<V>(i);
             }
             if self.next.is_empty() {
                 nm
@@ -278,13 +289,10 @@ impl<E: KElem> Ahead<'_, E> {
     /// `V`'s CPU requirement; `next` is empty or holds `r` elements at `i`.
     #[inline(always)]
     unsafe fn step_partial<V: F32x>(&self, i: usize, r: usize, nm: V) -> V {
-        // SAFETY: as in `step`.
+        // SAFETY: the caller's guarantees (V's CPU requirement; `next` is empty or holds
+        // the columns read).
         unsafe {
-            for pf in self.pf {
-                if i < pf.len() {
-                    V::prefetch(pf.as_ptr().add(i).cast());
-                }
-            }
+            self.prefetch::<V>(i);
             if self.next.is_empty() {
                 nm
             } else {
@@ -304,13 +312,10 @@ impl<E: KElem> Ahead<'_, E> {
     /// `V`'s CPU requirement; `next` is empty or holds two whole vectors at `i`.
     #[inline(always)]
     unsafe fn step2<V: F32x>(&self, i: usize, nm: V) -> V {
-        // SAFETY: as in `step`.
+        // SAFETY: the caller's guarantees (V's CPU requirement; `next` is empty or holds
+        // the columns read).
         unsafe {
-            for pf in self.pf {
-                if i < pf.len() {
-                    V::prefetch(pf.as_ptr().add(i).cast());
-                }
-            }
+            self.prefetch::<V>(i);
             if self.next.is_empty() {
                 nm
             } else {
