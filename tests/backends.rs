@@ -468,6 +468,31 @@ fn streaming_gradient_matches_reference() {
     }
 }
 
+/// Dense soft CE large enough to stream its gradient (above 64 MiB), where `f32` rows
+/// recompute their exponentials in the gradient sweep instead of storing them: against
+/// the reference at `t = 1` and `t = 0.7`, with a row without a finite logit, a NaN row and
+/// a row with masked (`−∞`, zero-weight) classes among pipelined rows, on every backend.
+#[test]
+fn streaming_dense_gradient_matches_reference() {
+    let (n, c, stride) = (1031usize, 16411usize, 16413usize);
+    let mut next = common::uniform(41);
+    let mut logits: Vec<f32> = (0..n * stride).map(|_| 8.0 * next() - 4.0).collect();
+    let mut a: Vec<f32> = (0..n * c).map(|_| next()).collect();
+    logits[5 * stride..5 * stride + c].fill(f32::NEG_INFINITY);
+    logits[6 * stride + c / 2] = f32::NAN;
+    logits[7 * stride + c / 3..7 * stride + c / 3 + 100].fill(f32::NEG_INFINITY);
+    a[7 * c + c / 3..7 * c + c / 3 + 100].fill(0.0);
+    let z = MatRef::with_stride(&logits, n, c, stride).unwrap();
+    let dense = Targets::Dense(MatRef::new(&a, n, c).unwrap());
+    for t in [1.0, 0.7] {
+        let cfg = SoftCrossEntropy::new().temperature(t);
+        for backend in available_backends() {
+            let what = format!("{backend} streaming dense, t = {t}");
+            checked_call(&what, Ce::Soft(&cfg.backend(Some(backend)), &dense), z, stride);
+        }
+    }
+}
+
 /// A NaN logit anywhere in a row (first, in the middle, last, in the vector tail, among
 /// `−∞` only, alone) makes that row's loss and gradient NaN and leaves its neighbours alone,
 /// in pipelined blocks (soft CE dense and MixUp, hard CE; f32 against the reference, and

@@ -347,8 +347,9 @@ unsafe fn dense_vec<V: F32x>(d: V, dt: V, av: V, (s, mass, tt, lo): DenseAcc<V>)
 /// [`dense_stats`] on the whole vectors of columns `i..end`, then a partial one; returns the
 /// next column (`end`) and the sums. Padding lanes read as `z = −∞`, `a = 0`: their `e` is
 /// 0, and their `d` is zeroed before it meets the weight (the `0·(−∞) = 0` convention, so
-/// padding never sends the row to the masked path). `ahead` steps once per vector (the
-/// next row's maximum in `nm`), and so does `prev`'s sweep.
+/// padding never sends the row to the masked path). `e` is stored at `ep` unless it is
+/// null. `ahead` steps once per vector (the next row's maximum in `nm`), and so does
+/// `prev`'s sweep.
 ///
 /// # Safety
 /// `V`'s CPU requirement; the row's slices hold at least `end` elements.
@@ -375,7 +376,9 @@ unsafe fn dense_span<V: F32x, E: KElem>(
             let av = E::load::<V>(ap.add(i));
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
             let (ev, a2) = dense_vec(d, d, av, acc);
-            ev.store(ep.add(i));
+            if !ep.is_null() {
+                ev.store(ep.add(i));
+            }
             acc = a2;
             i += l;
         }
@@ -384,7 +387,9 @@ unsafe fn dense_span<V: F32x, E: KElem>(
             let av = E::load_partial::<V>(ap.add(i), r, 0.0);
             let d = tp.vec(E::load_partial::<V>(zp.add(i), r, f32::NEG_INFINITY).sub(vm));
             let (ev, a2) = dense_vec(d, d.zero_where_zero(av), av, acc);
-            ev.store_partial(ep.add(i), r);
+            if !ep.is_null() {
+                ev.store_partial(ep.add(i), r);
+            }
             acc = a2;
             nm = ahead.step_partial(i, r, nm);
         }
@@ -392,8 +397,8 @@ unsafe fn dense_span<V: F32x, E: KElem>(
     }
 }
 
-/// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`,
-/// returns `(S, mass, T, ok, m')` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0
+/// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`
+/// (unless `None`: the gradient sweep then recomputes it), returns `(S, mass, T, ok, m')` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0
 /// even where `z_c = −∞`), `ok` false if a weight may be negative or non-finite (a finite
 /// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector) and
 /// `m'` the maximum of `ahead.next` as [`row_max`] would give it (`−∞` without a next row).
@@ -405,7 +410,8 @@ unsafe fn dense_span<V: F32x, E: KElem>(
 /// [`pair_origin`], so that its own gradient sweep later meets the same pairs.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite; `h <= len`.
+/// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite; `h <= len`;
+/// paired types store `e`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dense_stats<V: F32x, E: KElem>(
@@ -413,14 +419,16 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
     a: &[E],
     m: f32,
     tp: Temp,
-    e: &mut [f32],
+    e: Option<&mut [f32]>,
     h: usize,
     ahead: Ahead<'_, E>,
     prev: Option<PrevGrad<'_, E>>,
 ) -> (f32, f32, f32, bool, f32) {
     let n = z.len();
     let l = V::LANES;
-    let (zp, ap, ep) = (z.as_ptr(), a.as_ptr(), e.as_mut_ptr());
+    let ep = e.map_or(std::ptr::null_mut(), |e| e.as_mut_ptr());
+    debug_assert!(!ep.is_null() || !E::PAIRED);
+    let (zp, ap) = (z.as_ptr(), a.as_ptr());
     // The previous row's gradient sweep rides along (see `dense_block`): `pj` is its next
     // column; its unaligned head (streaming stores need aligned vectors) goes first.
     // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
@@ -641,21 +649,57 @@ fn aligned_head<E>(g: *const E, n: usize, lanes: usize) -> usize {
     ((vb - (g as usize) % vb) % vb / size).min(n)
 }
 
+/// Where a gradient sweep takes its exponentials: the scratch row `e` its statistics sweep
+/// stored, or (`z` not null) recomputed from the logits `z` with the row's maximum `vm`,
+/// by the very operations of [`dense_span`], so bit for bit the values it would have
+/// stored.
+#[derive(Clone, Copy)]
+struct ESrc<V, E> {
+    e: *const f32,
+    z: *const E,
+    vm: V,
+    tp: Temp,
+}
+
+impl<V: F32x, E: KElem> ESrc<V, E> {
+    /// The exponentials of lanes `i .. i + r` (`r <= LANES`; padding lanes 0).
+    ///
+    /// # Safety
+    /// `V`'s CPU requirement; the source row holds `i + r` values.
+    #[inline(always)]
+    unsafe fn get(&self, i: usize, r: usize) -> V {
+        // SAFETY: the caller's guarantees.
+        unsafe {
+            let full = r == V::LANES;
+            if self.z.is_null() {
+                if full {
+                    V::load(self.e.add(i))
+                } else {
+                    V::load_partial(self.e.add(i), r, 0.0)
+                }
+            } else {
+                let zv = if full {
+                    E::load::<V>(self.z.add(i))
+                } else {
+                    E::load_partial::<V>(self.z.add(i), r, f32::NEG_INFINITY)
+                };
+                self.tp.vec(zv.sub(self.vm)).exp_nonpos()
+            }
+        }
+    }
+}
+
 /// Gradient values `e·c1 + a·c2` (dense) or `e·c1 + c2` (`ap` null) of lanes `i .. i + r`.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `ep` (and `ap` if not null) are valid for reading `i + r` values;
+/// `V`'s CPU requirement; `src` (and `ap` if not null) are valid for reading `i + r` values;
 /// `r <= LANES`.
 #[inline(always)]
-unsafe fn grad_vec<V: F32x, E: KElem>(ep: *const f32, ap: *const E, i: usize, r: usize, v1: V, v2: V) -> V {
+unsafe fn grad_vec<V: F32x, E: KElem>(src: ESrc<V, E>, ap: *const E, i: usize, r: usize, v1: V, v2: V) -> V {
     // SAFETY: the caller's guarantees.
     unsafe {
         let full = r == V::LANES;
-        let ev = if full {
-            V::load(ep.add(i))
-        } else {
-            V::load_partial(ep.add(i), r, 0.0)
-        };
+        let ev = src.get(i, r);
         if ap.is_null() {
             ev.fma(v1, v2)
         } else {
@@ -672,12 +716,42 @@ unsafe fn grad_vec<V: F32x, E: KElem>(ep: *const f32, ap: *const E, i: usize, r:
 /// A row whose gradient sweep is still to do: `g = e·c1 + a·c2` (dense) or `e·c1 + c2`.
 pub(super) struct PrevGrad<'a, E> {
     e: &'a [f32],
+    /// The row's logits and maximum, when `e` is to be recomputed from them (see [`ESrc`])
+    /// instead of read from `e`.
+    z: Option<(&'a [E], f32)>,
+    tp: Temp,
     /// Dense target row, or `None` for `g = e·c1 + c2` (structured rows).
     a: Option<&'a [E]>,
     c1: f32,
     c2: f32,
     g: &'a mut [E],
     stream: bool,
+}
+
+impl<'a, E> PrevGrad<'a, E> {
+    /// A row whose exponentials are stored in `e`; `(c1, c2)` as in [`write_grad`].
+    fn stored(e: &'a [f32], a: Option<&'a [E]>, (c1, c2): (f32, f32), g: &'a mut [E], stream: bool) -> Self {
+        PrevGrad {
+            e,
+            z: None,
+            tp: Temp::UNIT,
+            a,
+            c1,
+            c2,
+            g,
+            stream,
+        }
+    }
+
+    /// This row with its exponentials recomputed from its logits `z` (maximum `m`,
+    /// temperature `tp`) instead of read from `e`.
+    fn recomputed(self, z: &'a [E], m: f32, tp: Temp) -> Self {
+        PrevGrad {
+            z: Some((z, m)),
+            tp,
+            ..self
+        }
+    }
 }
 
 /// The target row's pointer, null for structured rows (see [`grad_vec`]).
@@ -693,7 +767,7 @@ fn a_ptr<E>(a: Option<&[E]>) -> *const E {
 /// and every step is a no-op.
 #[derive(Clone, Copy)]
 struct PrevSweep<V, E> {
-    e: *const f32,
+    e: ESrc<V, E>,
     a: *const E,
     g: *mut E,
     n: usize,
@@ -716,7 +790,12 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
             match prev {
                 None => (
                     PrevSweep {
-                        e: std::ptr::null(),
+                        e: ESrc {
+                            e: std::ptr::null(),
+                            z: std::ptr::null(),
+                            vm: V::zero(),
+                            tp: Temp::UNIT,
+                        },
                         a: std::ptr::null(),
                         g: std::ptr::null_mut(),
                         n: 0,
@@ -727,11 +806,20 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
                     0,
                 ),
                 Some(pg) => {
-                    let n = pg.e.len();
+                    let n = pg.g.len();
                     let nt = pg.stream;
                     let (v1, v2) = (V::splat(pg.c1), V::splat(pg.c2));
+                    // Recomputed exponentials are for unpaired types (the paired step
+                    // reads stored pairs).
+                    debug_assert!(pg.z.is_none() || !E::PAIRED);
+                    let (zp, m) = pg.z.map_or((std::ptr::null(), 0.0), |(z, m)| (z.as_ptr(), m));
                     let sweep = PrevSweep {
-                        e: pg.e.as_ptr(),
+                        e: ESrc {
+                            e: pg.e.as_ptr(),
+                            z: zp,
+                            vm: V::splat(m),
+                            tp: pg.tp,
+                        },
                         a: a_ptr(pg.a),
                         g: pg.g.as_mut_ptr(),
                         n,
@@ -778,7 +866,7 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
             // origin plus whole pairs, so `e` holds this pair's exponentials in `load2`'s
             // order and, with `nt`, `g + j` is aligned to the pair's size.
             unsafe {
-                let (e0, e1) = (V::load(self.e.add(j)), V::load(self.e.add(j + l)));
+                let (e0, e1) = (V::load(self.e.e.add(j)), V::load(self.e.e.add(j + l)));
                 let (g0, g1) = if self.a.is_null() {
                     (e0.fma(self.v1, self.v2), e1.fma(self.v1, self.v2))
                 } else {
@@ -832,25 +920,10 @@ impl<V: F32x, E: KElem> PrevSweep<V, E> {
 /// issues [`F32x::stream_fence`] before the block completes.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `e`, `g` (and `a`) have the same length.
+/// `V`'s CPU requirement; the row's slices (`e` or `z`, `g`, and `a`) have the same length.
 #[inline(always)]
-unsafe fn write_grad<V: F32x, E: KElem>(
-    e: &[f32],
-    a: Option<&[E]>,
-    c1: f32,
-    c2: f32,
-    g: &mut [E],
-    stream: bool,
-) {
-    let prev = PrevGrad {
-        e,
-        a,
-        c1,
-        c2,
-        g,
-        stream,
-    };
-    // SAFETY: V's CPU requirement is the caller's; `e`, `g` (and `a`) have the same length.
+unsafe fn write_grad<V: F32x, E: KElem>(prev: PrevGrad<'_, E>) {
+    // SAFETY: V's CPU requirement is the caller's; the row's slices have the same length.
     unsafe {
         let (sweep, j) = PrevSweep::<V, E>::start(Some(prev));
         sweep.finish(j);
@@ -902,13 +975,18 @@ fn mul0(a: f32, b: f32) -> f32 {
 /// `r·g_stride`); returns the sum of the losses.
 ///
 /// Software-pipelined, one sweep per row: the statistics sweep of row `i` also writes the
-/// gradient of row `i − 1` (two scratch rows of exponentials alternate) and, through
+/// gradient of row `i − 1` and, through
 /// [`Ahead`], finds the maximum of row `i + 1` and prefetches the targets of row `i + 1`
 /// and the logits of row `i + 2`. So every sweep reads from DRAM (prefetches) and writes
 /// to it (streaming stores) while it computes, and only a block's first row (or one after
 /// a special row) has a max sweep of its own. (Three separate sweeps left memory idle
 /// while the exponentials were computed; a separate max sweep per row left the writes
-/// idle while it read.)
+/// idle while it read.) The gradient sweep needs the row's exponentials again: they are
+/// kept in two alternating scratch rows, except for `f32` calls large enough to stream
+/// their gradient, which recompute them from the logits (bit for bit the same values,
+/// [`ESrc`]): there, writing a scratch row and reading it back cost more than the second
+/// `exp`. In cache, and for half precision (whose rows are bound by their `exp`), the
+/// second `exp` costs more.
 ///
 /// With `p.check`, each target row is proven valid (see [`dense_stats`]) and a suspect
 /// row sets the flag.
@@ -930,8 +1008,13 @@ unsafe fn dense_block<V: F32x, E: KElem>(
     let check = p.check.is_some();
     let gp = grad.map(|g| g.as_mut_ptr());
     let (mut e_cur, mut e_prev) = (e0, e1);
-    // The row whose gradient is still to write: (block row, problem row, c1, c2).
-    let mut pending: Option<(usize, usize, f32, f32)> = None;
+    // The row whose gradient is still to write: (block row, problem row, c1, c2, its max).
+    let mut pending: Option<(usize, usize, f32, f32, f32)> = None;
+    // Streamed `f32` gradients (large calls) recompute their exponentials in the gradient
+    // sweep instead of storing them: writing a scratch row and reading it back cost more
+    // than the second `exp` there. In cache, and for half precision (bound by the `exp`),
+    // the second `exp` costs more.
+    let recompute = E::IS_F32 && p.stream;
     // The next row's maximum, when this row's sweep computed it.
     let mut carried: Option<f32> = None;
     let mut suspect = false;
@@ -961,20 +1044,22 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                 None => row_max::<V, E>(z, next_z),
             };
             let loss = if m.is_finite() {
-                let prev = pending.take().map(|(pr, pi, c1, c2)| PrevGrad {
-                    e: &*e_prev,
-                    a: Some(arow(pi)),
-                    c1,
-                    c2,
-                    g: grow(pr).expect("pending rows have a gradient"),
-                    stream: p.stream,
+                let prev = pending.take().map(|(pr, pi, c1, c2, pm)| {
+                    let g = grow(pr).expect("pending rows have a gradient");
+                    let pg = PrevGrad::stored(&*e_prev, Some(arow(pi)), (c1, c2), g, p.stream);
+                    if recompute {
+                        pg.recomputed(zrow(pi), pm, tp)
+                    } else {
+                        pg
+                    }
                 });
                 let h = gp.map_or(0, |g| pair_origin::<V, E>(g.add(r * g_stride), c));
                 let ahead = Ahead {
                     next: next_z,
                     pf: [next_a, after],
                 };
-                let (s, mass, tt, ok, next_m) = dense_stats::<V, E>(z, ai, m, tp, e_cur, h, ahead, prev);
+                let e = if recompute { None } else { Some(&mut *e_cur) };
+                let (s, mass, tt, ok, next_m) = dense_stats::<V, E>(z, ai, m, tp, e, h, ahead, prev);
                 if !next_z.is_empty() {
                     carried = Some(next_m);
                 }
@@ -987,16 +1072,21 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                     f32::NAN
                 } else {
                     if gp.is_some() {
-                        pending = Some((r, i, k * mass / s, -k));
+                        pending = Some((r, i, k * mass / s, -k, m));
                         std::mem::swap(&mut e_cur, &mut e_prev);
                     }
                     mass * s.ln() + tt
                 }
             } else {
                 // A special row: finish the pending one first (it owns `e_prev`).
-                if let Some((pr, pi, c1, c2)) = pending.take() {
+                if let Some((pr, pi, c1, c2, pm)) = pending.take() {
                     let g = grow(pr).expect("pending rows have a gradient");
-                    write_grad::<V, E>(e_prev, Some(arow(pi)), c1, c2, g, p.stream);
+                    let pg = PrevGrad::stored(&*e_prev, Some(arow(pi)), (c1, c2), g, p.stream);
+                    write_grad::<V, E>(if recompute {
+                        pg.recomputed(zrow(pi), pm, tp)
+                    } else {
+                        pg
+                    });
                 }
                 let (mass, ok) = row_sum::<V, E>(ai);
                 suspect |= check && !ok;
@@ -1004,7 +1094,7 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                     if let Some(g) = grow(r) {
                         // Probabilities are all zero: g = −k·a.
                         e_cur.fill(0.0);
-                        write_grad::<V, E>(e_cur, Some(ai), 0.0, -k, g, false);
+                        write_grad::<V, E>(PrevGrad::stored(e_cur, Some(ai), (0.0, -k), g, false));
                     }
                     if mass > 0.0 {
                         f32::INFINITY
@@ -1024,9 +1114,14 @@ unsafe fn dense_block<V: F32x, E: KElem>(
             }
             total += loss as f64;
         }
-        if let Some((pr, pi, c1, c2)) = pending {
+        if let Some((pr, pi, c1, c2, pm)) = pending {
             let g = grow(pr).expect("pending rows have a gradient");
-            write_grad::<V, E>(e_prev, Some(arow(pi)), c1, c2, g, p.stream);
+            let pg = PrevGrad::stored(&*e_prev, Some(arow(pi)), (c1, c2), g, p.stream);
+            write_grad::<V, E>(if recompute {
+                pg.recomputed(zrow(pi), pm, tp)
+            } else {
+                pg
+            });
         }
     }
     if let (true, Some(flag)) = (suspect, p.check) {
@@ -1127,13 +1222,9 @@ unsafe fn structured_block<V: F32x, E: KElem>(
             };
             let loss = if m.is_finite() {
                 let prev_row = pending.take();
-                let prev = prev_row.map(|(pr, _, c1, c2, _)| PrevGrad {
-                    e: &*e_prev,
-                    a: None,
-                    c1,
-                    c2,
-                    g: grow(pr).expect("pending rows have a gradient"),
-                    stream: p.stream,
+                let prev = prev_row.map(|(pr, _, c1, c2, _)| {
+                    let g = grow(pr).expect("pending rows have a gradient");
+                    PrevGrad::stored(&*e_prev, None, (c1, c2), g, p.stream)
                 });
                 let h = gp.map_or(0, |g| pair_origin::<V, E>(g.add(r * g_stride), c));
                 let ahead = Ahead {
@@ -1170,14 +1261,14 @@ unsafe fn structured_block<V: F32x, E: KElem>(
                 // A special row: finish the pending one first (it owns `e_prev`).
                 if let Some((pr, pe, c1, c2, pk)) = pending.take() {
                     let g = grow(pr).expect("pending rows have a gradient");
-                    write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
+                    write_grad::<V, E>(PrevGrad::stored(e_prev, None, (c1, c2), &mut *g, p.stream));
                     fix_explicit::<V, E>(g, e_prev, pe, (c1, c2, pk), d);
                 }
                 if m == f32::NEG_INFINITY && !has_nan::<V, E>(z) {
                     if let Some(g) = grow(r) {
                         // Probabilities are all zero: g = −k·floor, explicit classes −k·(floor + w).
                         e_cur.fill(0.0);
-                        write_grad::<V, E>(e_cur, None, 0.0, -k * floor, g, false);
+                        write_grad::<V, E>(PrevGrad::stored(e_cur, None, (0.0, -k * floor), &mut *g, false));
                         fix_explicit::<V, E>(g, e_cur, entries, (0.0, -k * floor, k), d);
                     }
                     if mass > 0.0 {
@@ -1200,7 +1291,7 @@ unsafe fn structured_block<V: F32x, E: KElem>(
         }
         if let Some((pr, pe, c1, c2, pk)) = pending {
             let g = grow(pr).expect("pending rows have a gradient");
-            write_grad::<V, E>(e_prev, None, c1, c2, g, p.stream);
+            write_grad::<V, E>(PrevGrad::stored(e_prev, None, (c1, c2), &mut *g, p.stream));
             fix_explicit::<V, E>(g, e_prev, pe, (c1, c2, pk), d);
         }
     }
