@@ -398,12 +398,12 @@ unsafe fn dense_span<V: F32x, E: KElem>(
 }
 
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`
-/// (unless `None`: the gradient sweep then recomputes it), returns `(S, mass, T, ok, m')` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0
-/// even where `z_c = −∞`), `ok` false if a weight may be negative or non-finite (a finite
-/// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector) and
-/// `m'` the maximum of `ahead.next` as [`row_max`] would give it (`−∞` without a next row).
-/// `ahead`'s work and `prev`'s gradient sweep (the previous row's) run in the same loop
-/// (see [`dense_block`]).
+/// (unless `None`: the gradient sweep then recomputes it); returns `(S, mass, T, ok, m')`
+/// with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even where `z_c = −∞`), `ok`
+/// false if a weight may be negative or non-finite (a finite `mass` and a non-negative
+/// minimum weight prove the row valid; one `min` per vector) and `m'` the maximum of
+/// `ahead.next` as [`row_max`] would give it (`−∞` without a next row). `ahead`'s work and
+/// `prev`'s gradient sweep (the previous row's) run in the same loop (see [`dense_block`]).
 ///
 /// Paired element types ([`KElem::PAIRED`]) read columns `h..` two vectors at a time and
 /// store their `e` in the pairs' interleaved order (see [`e_index`]); `h` is the row's
@@ -743,9 +743,12 @@ impl<'a, E> PrevGrad<'a, E> {
         }
     }
 
-    /// This row with its exponentials recomputed from its logits `z` (maximum `m`,
-    /// temperature `tp`) instead of read from `e`.
-    fn recomputed(self, z: &'a [E], m: f32, tp: Temp) -> Self {
+    /// With `recompute`, this row with its exponentials recomputed from its logits `z`
+    /// (maximum `m`, temperature `tp`) instead of read from `e`; else the row unchanged.
+    fn recomputed_if(self, recompute: bool, z: &'a [E], m: f32, tp: Temp) -> Self {
+        if !recompute {
+            return self;
+        }
         PrevGrad {
             z: Some((z, m)),
             tp,
@@ -975,18 +978,17 @@ fn mul0(a: f32, b: f32) -> f32 {
 /// `r·g_stride`); returns the sum of the losses.
 ///
 /// Software-pipelined, one sweep per row: the statistics sweep of row `i` also writes the
-/// gradient of row `i − 1` and, through
-/// [`Ahead`], finds the maximum of row `i + 1` and prefetches the targets of row `i + 1`
-/// and the logits of row `i + 2`. So every sweep reads from DRAM (prefetches) and writes
-/// to it (streaming stores) while it computes, and only a block's first row (or one after
-/// a special row) has a max sweep of its own. (Three separate sweeps left memory idle
-/// while the exponentials were computed; a separate max sweep per row left the writes
-/// idle while it read.) The gradient sweep needs the row's exponentials again: they are
-/// kept in two alternating scratch rows, except for `f32` calls large enough to stream
-/// their gradient, which recompute them from the logits (bit for bit the same values,
-/// [`ESrc`]): there, writing a scratch row and reading it back cost more than the second
-/// `exp`. In cache, and for half precision (whose rows are bound by their `exp`), the
-/// second `exp` costs more.
+/// gradient of row `i − 1` and, through [`Ahead`], finds the maximum of row `i + 1` and
+/// prefetches the targets of row `i + 1` and the logits of row `i + 2`. So every sweep
+/// reads from DRAM (prefetches) and writes to it (streaming stores) while it computes, and
+/// only a block's first row (or one after a special row) has a max sweep of its own. (Three
+/// separate sweeps left memory idle while the exponentials were computed; a separate max
+/// sweep per row left the writes idle while it read.) The gradient sweep needs the row's
+/// exponentials again: they are kept in two alternating scratch rows, except for `f32`
+/// calls large enough to stream their gradient, which recompute them from the logits (bit
+/// for bit the same values, [`ESrc`]): there, writing a scratch row and reading it back
+/// cost more than the second `exp`. In cache, and for half precision (whose rows are bound
+/// by their `exp`), the second `exp` costs more.
 ///
 /// With `p.check`, each target row is proven valid (see [`dense_stats`]) and a suspect
 /// row sets the flag.
@@ -1047,11 +1049,7 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                 let prev = pending.take().map(|(pr, pi, c1, c2, pm)| {
                     let g = grow(pr).expect("pending rows have a gradient");
                     let pg = PrevGrad::stored(&*e_prev, Some(arow(pi)), (c1, c2), g, p.stream);
-                    if recompute {
-                        pg.recomputed(zrow(pi), pm, tp)
-                    } else {
-                        pg
-                    }
+                    pg.recomputed_if(recompute, zrow(pi), pm, tp)
                 });
                 let h = gp.map_or(0, |g| pair_origin::<V, E>(g.add(r * g_stride), c));
                 let ahead = Ahead {
@@ -1082,11 +1080,7 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                 if let Some((pr, pi, c1, c2, pm)) = pending.take() {
                     let g = grow(pr).expect("pending rows have a gradient");
                     let pg = PrevGrad::stored(&*e_prev, Some(arow(pi)), (c1, c2), g, p.stream);
-                    write_grad::<V, E>(if recompute {
-                        pg.recomputed(zrow(pi), pm, tp)
-                    } else {
-                        pg
-                    });
+                    write_grad::<V, E>(pg.recomputed_if(recompute, zrow(pi), pm, tp));
                 }
                 let (mass, ok) = row_sum::<V, E>(ai);
                 suspect |= check && !ok;
@@ -1117,11 +1111,7 @@ unsafe fn dense_block<V: F32x, E: KElem>(
         if let Some((pr, pi, c1, c2, pm)) = pending {
             let g = grow(pr).expect("pending rows have a gradient");
             let pg = PrevGrad::stored(&*e_prev, Some(arow(pi)), (c1, c2), g, p.stream);
-            write_grad::<V, E>(if recompute {
-                pg.recomputed(zrow(pi), pm, tp)
-            } else {
-                pg
-            });
+            write_grad::<V, E>(pg.recomputed_if(recompute, zrow(pi), pm, tp));
         }
     }
     if let (true, Some(flag)) = (suspect, p.check) {
