@@ -398,7 +398,7 @@ unsafe fn dense_span<V: F32x, E: KElem>(
 }
 
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`
-/// (unless `None`: the gradient sweep then recomputes it); returns `(S, mass, T, ok, m')`
+/// (unless `None`: the gradient sweep then recomputes it, or there is none); returns `(S, mass, T, ok, m')`
 /// with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even where `z_c = −∞`), `ok`
 /// false if a weight may be negative or non-finite (a finite `mass` and a non-negative
 /// minimum weight prove the row valid; one `min` per vector) and `m'` the maximum of
@@ -410,8 +410,7 @@ unsafe fn dense_span<V: F32x, E: KElem>(
 /// [`pair_origin`], so that its own gradient sweep later meets the same pairs.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite; `h <= len`;
-/// paired types store `e`.
+/// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite; `h <= len`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dense_stats<V: F32x, E: KElem>(
@@ -427,7 +426,6 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
     let n = z.len();
     let l = V::LANES;
     let ep = e.map_or(std::ptr::null_mut(), |e| e.as_mut_ptr());
-    debug_assert!(!ep.is_null() || !E::PAIRED);
     let (zp, ap) = (z.as_ptr(), a.as_ptr());
     // The previous row's gradient sweep rides along (see `dense_block`): `pj` is its next
     // column; its unaligned head (streaming stores need aligned vectors) goes first.
@@ -453,8 +451,10 @@ unsafe fn dense_stats<V: F32x, E: KElem>(
                 let d1 = tp.vec(z1.sub(vm));
                 let (e0, a2) = dense_vec(d0, d0, a0, acc);
                 let (e1, a3) = dense_vec(d1, d1, a1, a2);
-                e0.store(ep.add(i));
-                e1.store(ep.add(i + l));
+                if !ep.is_null() {
+                    e0.store(ep.add(i));
+                    e1.store(ep.add(i + l));
+                }
                 acc = a3;
                 i += 2 * l;
             }
@@ -544,7 +544,9 @@ unsafe fn exp_span<V: F32x, E: KElem>(
             pj = sweep.step(pj);
             let d = tp.vec(E::load::<V>(zp.add(i)).sub(vm)); // (z − m)/t <= 0
             let (ev, a2) = exp_vec(d, d, want_r, acc);
-            ev.store(ep.add(i));
+            if !ep.is_null() {
+                ev.store(ep.add(i));
+            }
             acc = a2;
             i += l;
         }
@@ -553,7 +555,9 @@ unsafe fn exp_span<V: F32x, E: KElem>(
             let d = tp.vec(E::load_partial::<V>(zp.add(i), k, f32::NEG_INFINITY).sub(vm));
             // Padding lanes hold −∞ − m = −∞: select them away from `R` (∞·0 would be NaN).
             let (ev, a2) = exp_vec(d, d.zero_where_zero(tail_mask::<V>(k)), want_r, acc);
-            ev.store_partial(ep.add(i), k);
+            if !ep.is_null() {
+                ev.store_partial(ep.add(i), k);
+            }
             acc = a2;
             nm = ahead.step_partial(i, k, nm);
         }
@@ -562,7 +566,7 @@ unsafe fn exp_span<V: F32x, E: KElem>(
 }
 
 /// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
-/// `e`, returns `(S, R, m')` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0) and `m'` the
+/// `e` (unless `None`: a call without a gradient), returns `(S, R, m')` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0) and `m'` the
 /// maximum of `ahead.next` (as in [`dense_stats`]). `ahead`'s work and `prev`'s gradient
 /// sweep run in the same loop (see [`structured_block`]). Paired element types read columns
 /// `h..` in pairs, as in [`dense_stats`].
@@ -575,7 +579,7 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
     z: &[E],
     m: f32,
     tp: Temp,
-    e: &mut [f32],
+    e: Option<&mut [f32]>,
     h: usize,
     want_r: bool,
     ahead: Ahead<'_, E>,
@@ -583,7 +587,7 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
 ) -> (f32, f32, f32) {
     let n = z.len();
     let l = V::LANES;
-    let (zp, ep) = (z.as_ptr(), e.as_mut_ptr());
+    let (zp, ep) = (z.as_ptr(), e.map_or(std::ptr::null_mut(), |e| e.as_mut_ptr()));
     // The previous row's gradient sweep rides along, as in `dense_stats`.
     // SAFETY: V's CPU requirement is the caller's; the row's slices have equal length.
     let (sweep, mut pj) = unsafe { PrevSweep::<V, E>::start(prev) };
@@ -605,8 +609,10 @@ unsafe fn exp_stats<V: F32x, E: KElem>(
                 let d1 = tp.vec(z1.sub(vm));
                 let (e0, a2) = exp_vec(d0, d0, want_r, acc);
                 let (e1, a3) = exp_vec(d1, d1, want_r, a2);
-                e0.store(ep.add(i));
-                e1.store(ep.add(i + l));
+                if !ep.is_null() {
+                    e0.store(ep.add(i));
+                    e1.store(ep.add(i + l));
+                }
                 acc = a3;
                 i += 2 * l;
             }
@@ -988,7 +994,8 @@ fn mul0(a: f32, b: f32) -> f32 {
 /// calls large enough to stream their gradient, which recompute them from the logits (bit
 /// for bit the same values, [`ESrc`]): there, writing a scratch row and reading it back
 /// cost more than the second `exp`. In cache, and for half precision (whose rows are bound
-/// by their `exp`), the second `exp` costs more.
+/// by their `exp`), the second `exp` costs more. A call without a gradient stores no
+/// exponentials at all.
 ///
 /// With `p.check`, each target row is proven valid (see [`dense_stats`]) and a suspect
 /// row sets the flag.
@@ -1056,7 +1063,11 @@ unsafe fn dense_block<V: F32x, E: KElem>(
                     next: next_z,
                     pf: [next_a, after],
                 };
-                let e = if recompute { None } else { Some(&mut *e_cur) };
+                let e = if recompute || gp.is_none() {
+                    None
+                } else {
+                    Some(&mut *e_cur)
+                };
                 let (s, mass, tt, ok, next_m) = dense_stats::<V, E>(z, ai, m, tp, e, h, ahead, prev);
                 if !next_z.is_empty() {
                     carried = Some(next_m);
@@ -1221,7 +1232,9 @@ unsafe fn structured_block<V: F32x, E: KElem>(
                     next,
                     pf: [after, &[][..]],
                 };
-                let (sum, rr, next_m) = exp_stats::<V, E>(z, m, tp, e_cur, h, floor > 0.0, ahead, prev);
+                // Without a gradient the exponentials are not needed again: no scratch row.
+                let e = gp.map(|_| &mut *e_cur);
+                let (sum, rr, next_m) = exp_stats::<V, E>(z, m, tp, e, h, floor > 0.0, ahead, prev);
                 if !next.is_empty() {
                     carried = Some(next_m);
                 }
