@@ -5,6 +5,7 @@
 //!     --targets dense|hard|mixed|sparse --n N [--m M] --c C \
 //!     [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline]
 //!     [--trust-targets] [--peak] [--grad-targets] [--densify] [--dtype f32|bf16|f16]
+//!     [--huge-pages]
 //! ```
 //!
 //! `gbps` is the minimal number of bytes the call must move (logits and dense targets read
@@ -23,7 +24,12 @@
 //! gradient with respect to the targets. `--densify` passes a structured
 //! form (`hard|mixed|sparse`) as the equal dense matrix instead, to time the dense kernels on
 //! the same targets. `--dtype` sets the element type of logits, dense targets and gradients
-//! (`gbps` then counts that type's bytes).
+//! (`gbps` then counts that type's bytes). `--huge-pages` (Linux) asks for every large
+//! buffer, the roofline loop's included, on transparent huge pages (`madvise`, before the
+//! first write) and reports how much of the process's memory got them (`anon_huge_mib`;
+//! 0 when the system's `transparent_hugepage/enabled` is `never`). By default the buffers
+//! are plain `Vec`s, on whatever pages the system gives them (4 KiB on Linux unless that
+//! setting is `always`).
 
 use rayon::prelude::*;
 use softnce::{
@@ -31,6 +37,7 @@ use softnce::{
     SparseTargets, Targets,
 };
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 struct Args {
@@ -55,7 +62,7 @@ fn usage(msg: &str) -> ! {
     eprintln!("error: {msg}");
     eprintln!(
         "usage: bench --loss soft-ce|hard-ce|soft-infonce --targets dense|hard|mixed|sparse --n N [--m M] --c C \
-         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets] [--peak] [--grad-targets] [--densify] [--dtype f32|bf16|f16]"
+         [--backend auto|scalar|avx2|avx512|neon] [--threads T] [--reps R] [--no-grad] [--roofline] [--trust-targets] [--peak] [--grad-targets] [--densify] [--dtype f32|bf16|f16] [--huge-pages]"
     );
     std::process::exit(2)
 }
@@ -107,6 +114,12 @@ fn parse() -> Args {
             "--dtype" => a.dtype = val(),
             "--peak" => a.peak = true,
             "--grad-targets" => a.grad_targets = true,
+            "--huge-pages" => {
+                if !cfg!(target_os = "linux") {
+                    usage("--huge-pages needs Linux (transparent huge pages)");
+                }
+                HUGE_PAGES.store(true, Ordering::Relaxed);
+            }
             "-h" | "--help" => usage("help requested"),
             other => usage(&format!("unknown flag {other}")),
         }
@@ -143,13 +156,65 @@ fn uniform(seed: u64, i: usize) -> f32 {
 /// touched by the threads that later stream them, as in a real training step (a single
 /// thread touching everything can halve the measured bandwidth on some machines).
 fn par_vec(len: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
-    let mut v = vec![0.0f32; len];
-    v.par_chunks_mut(1 << 16).enumerate().for_each(|(k, chunk)| {
-        for (j, x) in chunk.iter_mut().enumerate() {
-            *x = f(k * (1 << 16) + j);
-        }
-    });
+    par_fill(len, f)
+}
+
+/// Whether `--huge-pages` asked for the large buffers on transparent huge pages.
+static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
+
+/// [`par_vec`] for any element type. With `--huge-pages` the allocation is marked for
+/// transparent huge pages before its first write (which is when Linux backs it).
+fn par_fill<T: Copy + Send + Sync>(len: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    advise_huge_pages(v.as_mut_ptr().cast(), len * std::mem::size_of::<T>());
+    v.spare_capacity_mut()
+        .par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            for (j, x) in chunk.iter_mut().enumerate() {
+                x.write(f(k * (1 << 16) + j));
+            }
+        });
+    // SAFETY: the loop above wrote all `len` elements of the spare capacity.
+    unsafe { v.set_len(len) };
     v
+}
+
+/// `madvise(MADV_HUGEPAGE)` on the whole pages of `bytes` bytes at `ptr`, with
+/// `--huge-pages` (Linux only; `parse` rejects the flag elsewhere).
+fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
+    if !HUGE_PAGES.load(Ordering::Relaxed) {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (ptr as usize).next_multiple_of(PAGE);
+        let end = (ptr as usize + bytes) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: `start..end` lies inside the allocation of `bytes` bytes at `ptr`, which
+            // the caller owns; MADV_HUGEPAGE changes how its pages are backed, not its
+            // contents.
+            let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+            if r != 0 {
+                eprintln!(
+                    "warning: madvise(MADV_HUGEPAGE) failed: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, bytes);
+}
+
+/// The process's anonymous memory on transparent huge pages, in MiB (Linux; `None` when
+/// `/proc/self/smaps_rollup` cannot be read).
+fn anon_huge_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -396,7 +461,7 @@ fn to_elem<T: Element>(v: Vec<f32>) -> Vec<T> {
         Ok(same) => *same,
         Err(any) => {
             let v = any.downcast::<Vec<f32>>().expect("a Vec<f32>");
-            v.par_iter().map(|&x| T::from_f32(x)).collect()
+            par_fill(v.len(), |i| T::from_f32(v[i]))
         }
     }
 }
@@ -563,6 +628,12 @@ fn run<T: Element>(args: &Args) {
             ",\"stream_gbps\":{s:.2},\"stream_plain_gbps\":{plain:.2},\"stream_nt_gbps\":{},\"fraction_of_stream\":{:.3}",
             nt.map_or("null".into(), |v| format!("{v:.2}")),
             gbps / s
+        );
+    }
+    if HUGE_PAGES.load(Ordering::Relaxed) {
+        json += &format!(
+            ",\"huge_pages\":true,\"anon_huge_mib\":{}",
+            anon_huge_mib().map_or("null".into(), |v| format!("{v:.0}"))
         );
     }
     println!("{json}}}");
