@@ -172,7 +172,7 @@ fn run<T: Element>(case: &Case) {
         upstream: up,
     };
     let (u, abs) = rounding::<T>();
-    let check = |what: &str, loss: f32, rows: &[f32], g: &[T], r: &reference::RefOutput| {
+    let check_loss = |what: &str, loss: f32, rows: &[f32], r: &reference::RefOutput| {
         let loss_tol = |b: f64| 3e-5 * b.abs().max(1.0);
         assert!(
             close(loss as f64, r.loss, loss_tol(r.loss)),
@@ -182,6 +182,9 @@ fn run<T: Element>(case: &Case) {
         for (i, (&a, &b)) in rows.iter().zip(&r.row_losses).enumerate() {
             assert!(close(a as f64, b, loss_tol(b)), "{what}: row {i}: {a} vs {b}");
         }
+    };
+    let check = |what: &str, loss: f32, rows: &[f32], g: &[T], r: &reference::RefOutput| {
+        check_loss(what, loss, rows, r);
         let scale = r
             .grad_logits
             .iter()
@@ -217,6 +220,17 @@ fn run<T: Element>(case: &Case) {
                 &g,
                 &r,
             );
+            // Without a gradient (the sweeps then store no exponentials).
+            let mut rows = vec![0.0f32; n];
+            let loss = cfg
+                .compute(z, targets, Outputs::new().row_losses(&mut rows))
+                .unwrap();
+            check_loss(
+                &format!("soft-ce/{name} loss only {backend} n={n} c={c} t={t} {reduction:?}"),
+                loss,
+                &rows,
+                &r,
+            );
             // Padding between gradient rows is never written.
             for i in 0..n {
                 for k in c..stride {
@@ -248,6 +262,16 @@ fn run<T: Element>(case: &Case) {
             loss,
             &rows,
             &g,
+            &r,
+        );
+        let mut rows = vec![0.0f32; n];
+        let loss = cfg
+            .compute(z, &case.labels, Outputs::new().row_losses(&mut rows))
+            .unwrap();
+        check_loss(
+            &format!("hard-ce loss only {backend} n={n} c={c} t={t} {reduction:?}"),
+            loss,
+            &rows,
             &r,
         );
     }
