@@ -89,10 +89,11 @@
 //! - Large cross-entropy calls move every byte of the logits, dense targets and gradient
 //!   once from or to memory; gradients from 64 MiB on are written with streaming stores.
 //!   Such calls run faster when the caller's buffers sit on huge pages: on the Zen 4
-//!   machine of the README, `f32` soft and hard CE at 4096 × 32000 ran 1.07–1.22× faster
-//!   on Linux transparent huge pages than on 4 KiB pages (`madvise(MADV_HUGEPAGE)` on a
-//!   buffer before its first write, or `transparent_hugepage/enabled = always`; `bf16`
-//!   within noise). The crate does not change how the caller's memory is mapped.
+//!   machine of the README, dense soft and hard `f32` CE at 4096 × 32000 ran 1.07–1.22×
+//!   faster on Linux transparent huge pages than on 4 KiB pages
+//!   (`madvise(MADV_HUGEPAGE)` on a buffer before its first write, or
+//!   `transparent_hugepage/enabled = always`; `bf16` within noise). The crate does not
+//!   change how the caller's memory is mapped.
 //! - Asking for the loss alone (no [`Outputs::grad_logits`]) skips the gradient sweep and
 //!   its scratch stores.
 //!
