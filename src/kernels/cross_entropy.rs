@@ -398,8 +398,8 @@ unsafe fn dense_span<V: F32x, E: KElem>(
 }
 
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`
-/// (unless `None`: the gradient sweep then recomputes it, or there is none); returns `(S, mass, T, ok, m')`
-/// with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even where `z_c = −∞`), `ok`
+/// (unless `None`: the gradient sweep then recomputes it, or there is none); returns
+/// `(S, mass, T, ok, m')` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even where `z_c = −∞`), `ok`
 /// false if a weight may be negative or non-finite (a finite `mass` and a non-negative
 /// minimum weight prove the row valid; one `min` per vector) and `m'` the maximum of
 /// `ahead.next` as [`row_max`] would give it (`−∞` without a next row). `ahead`'s work and
@@ -410,7 +410,8 @@ unsafe fn dense_span<V: F32x, E: KElem>(
 /// [`pair_origin`], so that its own gradient sweep later meets the same pairs.
 ///
 /// # Safety
-/// `V`'s CPU requirement; `z`, `a` and `e` have the same length; `m` is finite; `h <= len`.
+/// `V`'s CPU requirement; `z`, `a` and `e` (if any) have the same length; `m` is finite;
+/// `h <= len`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dense_stats<V: F32x, E: KElem>(
@@ -521,8 +522,8 @@ unsafe fn exp_vec<V: F32x>(d: V, dr: V, want_r: bool, (s, r): (V, V)) -> (V, (V,
 
 /// [`exp_stats`] on the whole vectors of columns `i..end`, then a partial one (padding
 /// lanes read as `z = −∞`: `e = 0`, and they are selected out of `R`); returns the next
-/// column (`end`) and the sums `(S, −R)`. `ahead`'s and `prev`'s steps as in
-/// [`dense_span`].
+/// column (`end`) and the sums `(S, −R)`. `e` is stored at `ep` unless it is null.
+/// `ahead`'s and `prev`'s steps as in [`dense_span`].
 ///
 /// # Safety
 /// `V`'s CPU requirement; the row's slices hold at least `end` elements.
@@ -566,13 +567,15 @@ unsafe fn exp_span<V: F32x, E: KElem>(
 }
 
 /// Sweep 2, structured targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into
-/// `e` (unless `None`: a call without a gradient), returns `(S, R, m')` with `R = Σ_c (m − z_c)/t` when `want_r` (else 0) and `m'` the
-/// maximum of `ahead.next` (as in [`dense_stats`]). `ahead`'s work and `prev`'s gradient
-/// sweep run in the same loop (see [`structured_block`]). Paired element types read columns
-/// `h..` in pairs, as in [`dense_stats`].
+/// `e` (unless `None`: a call without a gradient), returns `(S, R, m')` with
+/// `R = Σ_c (m − z_c)/t` when `want_r` (else 0) and `m'` the maximum of `ahead.next` (as in
+/// [`dense_stats`]). `ahead`'s work and `prev`'s gradient sweep run in the same loop (see
+/// [`structured_block`]). Paired element types read columns `h..` in pairs, as in
+/// [`dense_stats`].
 ///
 /// # Safety
-/// `V`'s CPU requirement; `z` and `e` have the same length; `m` is finite; `h <= len`.
+/// `V`'s CPU requirement; `z` and `e` (if any) have the same length; `m` is finite;
+/// `h <= len`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn exp_stats<V: F32x, E: KElem>(
