@@ -581,16 +581,6 @@ fn nan_anywhere_in_a_row_makes_that_row_nan() {
     }
 }
 
-/// Streamed `bf16` and `f16` gradients (large enough for non-temporal stores, every row at a
-/// different alignment) are the `f32` kernel's gradient on the same (rounded) inputs,
-/// rounded, and the padding between rows stays untouched. The `f16` kernels do the same
-/// arithmetic after widening, so they agree bit for bit. The `bf16` kernels read and write
-/// pairs of vectors in an interleaved lane order, which reassociates the row sums: their
-/// gradient element `(p·mass − a)/N` is the rounding of a value within `1e-5` of the `f32`
-/// one relative to its two terms (`|g| + a/N`: the difference cancels), which a misplaced
-/// element would miss by far; the loss agrees to `1e-6`. x86-64 only, as
-/// [`streaming_gradient_matches_reference`].
-#[cfg(target_arch = "x86_64")]
 /// Each row's sweep finds the next row's maximum (no max sweep of its own): rows far apart
 /// in scale, with ignored, masked and NaN rows between them, on every backend. A row given
 /// a neighbour's maximum overflows (`exp(+300)`) or loses its whole sum (`exp(−300) = 0`).
@@ -662,6 +652,16 @@ fn every_row_gets_its_own_maximum_in_pipelined_blocks() {
     }
 }
 
+/// Streamed `bf16` and `f16` gradients (large enough for non-temporal stores, every row at a
+/// different alignment) are the `f32` kernel's gradient on the same (rounded) inputs,
+/// rounded, and the padding between rows stays untouched. The `f16` kernels do the same
+/// arithmetic after widening, so they agree bit for bit. The `bf16` kernels read and write
+/// pairs of vectors in an interleaved lane order, which reassociates the row sums: their
+/// gradient element `(p·mass − a)/N` is the rounding of a value within `1e-5` of the `f32`
+/// one relative to its two terms (`|g| + a/N`: the difference cancels), which a misplaced
+/// element would miss by far; the loss agrees to `1e-6`. x86-64 only, as
+/// [`streaming_gradient_matches_reference`].
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn streaming_half_gradient_is_the_rounded_f32_gradient() {
     fn check<H: softnce::Element>(what: &str, exact: bool) {

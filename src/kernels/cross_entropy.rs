@@ -399,10 +399,11 @@ unsafe fn dense_span<V: F32x, E: KElem>(
 
 /// Sweep 2, dense targets, with `m` the maximum raw logit: `e = exp((z − m)/t)` into `e`
 /// (unless `None`: the gradient sweep then recomputes it, or there is none); returns
-/// `(S, mass, T, ok, m')` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even where `z_c = −∞`), `ok`
-/// false if a weight may be negative or non-finite (a finite `mass` and a non-negative
-/// minimum weight prove the row valid; one `min` per vector) and `m'` the maximum of
-/// `ahead.next` as [`row_max`] would give it (`−∞` without a next row). `ahead`'s work and
+/// `(S, mass, T, ok, m')` with `T = Σ a_c (m − z_c)/t` (a zero weight contributes 0 even
+/// where `z_c = −∞`), `ok` false if a weight may be negative or non-finite (a finite
+/// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector) and
+/// `m'` the maximum of `ahead.next` as [`row_max`] would give it (`−∞` without a next
+/// row). `ahead`'s work and
 /// `prev`'s gradient sweep (the previous row's) run in the same loop (see [`dense_block`]).
 ///
 /// Paired element types ([`KElem::PAIRED`]) read columns `h..` two vectors at a time and
