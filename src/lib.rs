@@ -96,6 +96,10 @@
 //!   change how the caller's memory is mapped.
 //! - Asking for the loss alone (no [`Outputs::grad_logits`]) skips the gradient sweep and
 //!   its scratch stores.
+//! - Calls of at least 2¹⁷ logits split their rows over the current rayon pool. On the
+//!   2-vCPU VM of the README, a freshly started process often ran such small calls
+//!   (256 × 1000) at one thread's speed for its first 50–600 ms, and in 42–48 µs after
+//!   that. A long-running training loop sees the latter; a benchmark should warm up first.
 //!
 //! ## Layout
 //! - [`reference`](mod@crate::reference): the scalar `f64` oracle every fast path is tested against;
