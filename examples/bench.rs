@@ -569,8 +569,9 @@ fn run<T: Element>(args: &Args) {
         };
         r.unwrap_or_else(|e| usage(&format!("{e}")))
     };
-    let loss = call(&mut grad, &mut gt); // warm-up: page in every buffer
-                                         // Then keep the workers busy for a while (see the module docs).
+    // Warm-up: one call pages in every buffer, then more keep the workers busy for a while
+    // (see the module docs).
+    let loss = call(&mut grad, &mut gt);
     let warm = Instant::now();
     while warm.elapsed().as_secs_f64() * 1e3 < args.warmup_ms as f64 {
         black_box(call(black_box(&mut grad), &mut gt));

@@ -403,8 +403,8 @@ unsafe fn dense_span<V: F32x, E: KElem>(
 /// where `z_c = −∞`), `ok` false if a weight may be negative or non-finite (a finite
 /// `mass` and a non-negative minimum weight prove the row valid; one `min` per vector) and
 /// `m'` the maximum of `ahead.next` as [`row_max`] would give it (`−∞` without a next
-/// row). `ahead`'s work and
-/// `prev`'s gradient sweep (the previous row's) run in the same loop (see [`dense_block`]).
+/// row). `ahead`'s work and `prev`'s gradient sweep (the previous row's) run in the same
+/// loop (see [`dense_block`]).
 ///
 /// Paired element types ([`KElem::PAIRED`]) read columns `h..` two vectors at a time and
 /// store their `e` in the pairs' interleaved order (see [`e_index`]); `h` is the row's
